@@ -1,0 +1,3 @@
+"""phdl: PhDLspec, a gradient-regularised transformer emulator of stellar spectra and a label fitter."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,68 @@
+"""The one entry point: `phdl fit|validate|test|predict` (LightningCLI) and the extra subcommands.
+
+`fit`, `validate`, `test` and `predict` are Lightning's own, driven by YAML configs in `configs/`
+with any LightningModule / LightningDataModule selectable by `class_path`. Commands that do not
+run a Trainer loop (`synth`, `report`, `demo`, ...) are plain argparse programs registered in
+`EXTRA_COMMANDS`; each takes an argument list so tests can call them in-process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+#: name -> "module:function" taking an argument list; imported only when used (fast start-up).
+EXTRA_COMMANDS: dict[str, str] = {}
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _configure_environment() -> None:
+    # wandb must never prompt or reach the network unless the user asked for it explicitly.
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
+    """Build phdl's LightningCLI (any LightningModule/DataModule selectable from YAML)."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    return LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(args) if args is not None else None,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def _usage() -> str:
+    extra = ", ".join(sorted(EXTRA_COMMANDS)) or "none"
+    return (
+        "usage: phdl {fit,validate,test,predict} --config CONFIG.yaml [options]\n"
+        f"       phdl {{{extra}}} [options]   (see phdl COMMAND --help)\n"
+    )
+
+
+def main(args: Sequence[str] | None = None) -> object:
+    """Run one phdl command; `args` defaults to the process arguments."""
+    _configure_environment()
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage())
+        return None
+    command = argv[0]
+    if command in EXTRA_COMMANDS:
+        module_name, function_name = EXTRA_COMMANDS[command].split(":")
+        function: Callable = getattr(importlib.import_module(module_name), function_name)
+        return function(argv[1:])
+    if command in LIGHTNING_COMMANDS:
+        return lightning_cli(argv)
+    sys.stderr.write(f"phdl: unknown command '{command}'\n" + _usage())
+    raise SystemExit(2)
