@@ -5,8 +5,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-
 from conftest import make_toy_grid
+
 from phdl.grid import (
     GridError,
     GridReader,
