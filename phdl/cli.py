@@ -30,7 +30,27 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    return LightningCLI(
+    class PhdlCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # The emulator learns its grid description (label scaling fitted on the training
+            # split, wavelengths, ...) from the datamodule, so it lands in the checkpoint's
+            # hyper-parameters. A model or datamodule without these names is left untouched.
+            from phdl.emulator import _scaling_to_dict, _to_float_list
+
+            links = {
+                "label_scaling": _scaling_to_dict,
+                "wavelength": _to_float_list,
+                "medium": None,
+                "resolution": None,
+                "gradient_names": list,
+                "gradient_scale": _to_float_list,
+            }
+            for name, compute in links.items():
+                parser.link_arguments(
+                    f"data.{name}", f"model.init_args.{name}", compute, apply_on="instantiate"
+                )
+
+    return PhdlCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

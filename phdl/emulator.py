@@ -1,0 +1,437 @@
+"""EmulatorModule: trains a label -> spectrum network on fluxes and gradient spectra.
+
+Loss = flux term + lambda x gradient term (PhDLspec's physical prior). The gradient term compares
+the network's d flux / d label, converted to physical units through the label scaling (chain
+rule), with the grid's gradient spectra. It never builds the full (L, P) Jacobian: each spectrum
+gets a few one-hot label directions per step, differentiated in forward mode (`torch.func.jvp`),
+and each label's error is divided by that label's typical gradient size so that weak-lined
+elements are not drowned by Teff (DESIGN section 6: random directions gave them no signal).
+
+The network is built here from plain arguments and everything needed to rebuild it (label
+names and ranges, wavelengths, medium, resolution, network sizes) is in `save_hyperparameters()`;
+`load_emulator` turns a checkpoint back into a frozen `SpectrumEmulator` without unpickling code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+from torch.func import jvp
+from torch.nn import functional as F
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
+
+from phdl.labels import LabelScaling
+from phdl.models import SpectrumEmulator, build_network
+
+FLUX_LOSSES = ("mse", "l1")
+SCHEDULERS = ("cosine", "onecycle", "constant")
+GRADIENT_SAMPLING = ("uniform", "error")
+
+
+class CombinedLoss(nn.Module):
+    """Weighted sum of named loss parts; weights can change during training (schedules)."""
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        super().__init__()
+        self.weights = dict(weights)
+
+    def forward(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of weight x part over the parts given (a part not computed this step is absent)."""
+        unknown = set(parts) - set(self.weights)
+        if unknown:
+            raise KeyError(
+                f"loss parts {sorted(unknown)} have no weight; known: {sorted(self.weights)}"
+            )
+        return sum(self.weights[name] * value for name, value in parts.items())
+
+
+def _pointwise(error: torch.Tensor, kind: str) -> torch.Tensor:
+    return error.abs() if kind == "l1" else error.square()
+
+
+class EmulatorModule(LightningModule):
+    """Training of a spectrum emulator with the gradient-spectra prior.
+
+    Args:
+        label_scaling: `LabelScaling.to_dict()` of the training labels (linked from the data).
+        wavelength: wavelength grid [Angstrom] (linked from the data).
+        medium: 'air' or 'vacuum' (linked from the data).
+        resolution: R = lambda / delta lambda of the grid (linked from the data).
+        gradient_names: labels of the batches' gradient spectra, K axis order (linked).
+        gradient_scale: typical size of each gradient spectrum [1/label unit] (linked).
+        model: network, 'transformer' or 'mlp' (The Payne).
+        patch_size, d_model, n_layers, n_heads, d_ff, label_hidden, dropout: transformer sizes.
+        mlp_hidden, mlp_layers: Payne MLP width and number of hidden layers.
+        flux_loss: 'mse' or 'l1' (The Payne's), for both terms.
+        gradient_weight: lambda; 0 trains on fluxes only and never differentiates the network.
+        gradient_directions: one-hot label directions per spectrum per step.
+        gradient_sampling: 'uniform' over labels with gradients, or 'error' (half uniform, half in
+            proportion to each label's running gradient error, so badly learnt labels get more).
+        gradient_normalise: divide each label's gradient error by its typical gradient size.
+        gradient_start_step: optimiser steps on fluxes only before the gradient term starts.
+        gradient_warmup_steps: steps over which lambda then ramps linearly from 0.
+        gradient_every: apply the gradient term on every n-th step only (cheaper steps between).
+        lr, weight_decay: AdamW settings.
+        scheduler: 'cosine' (linear warm-up, cosine decay), 'onecycle' or 'constant'.
+        warmup_steps: linear learning-rate warm-up steps for 'cosine'.
+        val_gradient_batches: validation batches per epoch on which per-label gradient errors
+            are measured (one jvp per label; -1 for all).
+    """
+
+    def __init__(
+        self,
+        label_scaling: dict | None = None,
+        wavelength: list[float] | None = None,
+        medium: str = "vacuum",
+        resolution: float = float("nan"),
+        gradient_names: list[str] | None = None,
+        gradient_scale: list[float] | None = None,
+        model: str = "transformer",
+        patch_size: int = 32,
+        d_model: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        d_ff: int = 512,
+        label_hidden: int = 256,
+        dropout: float = 0.0,
+        mlp_hidden: int = 300,
+        mlp_layers: int = 2,
+        flux_loss: str = "mse",
+        gradient_weight: float = 0.0,
+        gradient_directions: int = 2,
+        gradient_sampling: str = "uniform",
+        gradient_normalise: bool = True,
+        gradient_start_step: int = 0,
+        gradient_warmup_steps: int = 0,
+        gradient_every: int = 1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str = "cosine",
+        warmup_steps: int = 100,
+        val_gradient_batches: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if label_scaling is None or wavelength is None:
+            raise ValueError(
+                "EmulatorModule needs the grid's label_scaling and wavelength: train with "
+                "GridDataModule through `phdl fit` (they are linked automatically) or build it "
+                "with EmulatorModule.from_datamodule(datamodule, ...)"
+            )
+        for name, value, allowed in (
+            ("flux_loss", flux_loss, FLUX_LOSSES),
+            ("scheduler", scheduler, SCHEDULERS),
+            ("gradient_sampling", gradient_sampling, GRADIENT_SAMPLING),
+        ):
+            if value not in allowed:
+                raise ValueError(f"EmulatorModule: {name}={value!r}, expected one of {allowed}")
+        if gradient_weight < 0 or gradient_directions < 1 or gradient_every < 1:
+            raise ValueError(
+                "EmulatorModule: need gradient_weight >= 0, gradient_directions >= 1 and "
+                f"gradient_every >= 1, got {gradient_weight}, {gradient_directions}, {gradient_every}"
+            )
+        self.label_scaling = LabelScaling.from_dict(label_scaling)
+        self.gradient_names = tuple(gradient_names or ())
+        self.network = network_from_hparams(self.hparams)
+
+        n_gradients = len(self.gradient_names)
+        scale = gradient_scale if gradient_scale is not None else [1.0] * n_gradients
+        if len(scale) != n_gradients:
+            raise ValueError(
+                f"EmulatorModule: {len(scale)} gradient_scale values for {n_gradients} gradients "
+                f"{list(self.gradient_names)}"
+            )
+        # Which label (column of the labels) each gradient spectrum differentiates.
+        label_of_gradient = [self.label_scaling.index(name) for name in self.gradient_names]
+        self.register_buffer(
+            "gradient_label_index",
+            torch.tensor(label_of_gradient, dtype=torch.long),
+            persistent=False,
+        )
+        self.register_buffer(
+            "gradient_size", torch.tensor(scale, dtype=torch.float32), persistent=False
+        )
+        self.register_buffer(
+            "label_span",
+            torch.tensor(self.label_scaling.span(), dtype=torch.float32),
+            persistent=False,
+        )
+        # Running normalised gradient error per label, for gradient_sampling='error'.
+        self.register_buffer("gradient_error", torch.ones(n_gradients))
+
+        self.loss = CombinedLoss({"flux": 1.0, "gradient": gradient_weight})
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        "flux_mae": MeanAbsoluteError(),
+                        "flux_rmse": MeanSquaredError(squared=False),
+                        "gradient_rel_error": nn.ModuleDict(
+                            {name: MeanMetric() for name in self.gradient_names}
+                        ),
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
+
+    @classmethod
+    def from_datamodule(cls, datamodule, **kwargs) -> EmulatorModule:
+        """An EmulatorModule for a GridDataModule's grid; `kwargs` are the other init arguments."""
+        return cls(**emulator_arguments(datamodule), **kwargs)
+
+    def forward(self, scaled_labels: torch.Tensor) -> torch.Tensor:
+        """Normalised flux (B, P) from scaled labels (B, L)."""
+        return self.network(scaled_labels)
+
+    # -- the gradient term --------------------------------------------------------------------
+    def current_gradient_weight(self) -> float:
+        """lambda at this optimiser step (0 before the start, then a linear ramp, then lambda)."""
+        hp = self.hparams
+        step = self.global_step - hp.gradient_start_step
+        if hp.gradient_weight == 0 or step < 0 or step % hp.gradient_every:
+            return 0.0
+        ramp = (
+            1.0
+            if hp.gradient_warmup_steps <= 0
+            else min(1.0, (step + 1) / hp.gradient_warmup_steps)
+        )
+        return hp.gradient_weight * ramp
+
+    def sample_directions(self, gradient_mask: torch.Tensor) -> torch.Tensor:
+        """Gradient columns to differentiate along, (B, D), drawn without replacement per spectrum."""
+        n_directions = min(self.hparams.gradient_directions, gradient_mask.shape[1])
+        available = gradient_mask.float()
+        if self.hparams.gradient_sampling == "error":
+            share = self.gradient_error / self.gradient_error.sum().clamp_min(1e-12)
+            available = available * (0.5 / gradient_mask.shape[1] + 0.5 * share)
+        # A tiny floor keeps rows with fewer than D gradients valid; such picks get weight 0.
+        return torch.multinomial(available + 1e-6, n_directions, replacement=False)
+
+    def directional_derivatives(
+        self, scaled_labels: torch.Tensor, columns: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flux (B, P) and d flux / d label in physical units along gradient `columns` (B, D, P).
+
+        One forward-mode pass on the batch repeated D times, each copy with a one-hot tangent on
+        its label; the derivative w.r.t. the scaled label is divided by the label's span.
+        """
+        b, d = columns.shape
+        label_index = self.gradient_label_index[columns]  # (B, D)
+        repeated = scaled_labels[:, None, :].expand(b, d, -1).reshape(b * d, -1)
+        tangent = F.one_hot(label_index.reshape(-1), scaled_labels.shape[1]).to(scaled_labels.dtype)
+        flux, d_flux_d_scaled = jvp(self.network, (repeated,), (tangent,))
+        d_flux_d_physical = d_flux_d_scaled.view(b, d, -1) / self.label_span[label_index][..., None]
+        return flux.view(b, d, -1)[:, 0], d_flux_d_physical
+
+    def gradient_errors(
+        self, derivatives: torch.Tensor, gradients: torch.Tensor, columns: torch.Tensor
+    ) -> torch.Tensor:
+        """Per (spectrum, direction) loss (B, D): pixel mean of the (normalised) error."""
+        target = gradients.gather(1, columns[..., None].expand(-1, -1, gradients.shape[-1]))
+        error = derivatives - target
+        if self.hparams.gradient_normalise:
+            error = error / self.gradient_size[columns][..., None]
+        return _pointwise(error, self.hparams.flux_loss).mean(-1)
+
+    # -- steps --------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        labels, flux = batch["labels"], batch["flux"]
+        weight = self.current_gradient_weight()
+        mask = batch["gradient_mask"]
+        parts: dict[str, torch.Tensor] = {}
+        if weight > 0 and mask.shape[1] > 0 and bool(mask.any()):
+            columns = self.sample_directions(mask)
+            predicted, derivatives = self.directional_derivatives(labels, columns)
+            per_pair = self.gradient_errors(derivatives, batch["gradients"], columns)
+            valid = mask.gather(1, columns).float()
+            parts["gradient"] = (per_pair * valid).sum() / valid.sum().clamp_min(1.0)
+            if self.hparams.gradient_sampling == "error":
+                self._update_gradient_error(per_pair.detach(), columns, valid)
+        else:
+            # lambda = 0: exactly the plain emulator, no derivative is ever taken.
+            predicted = self.network(labels)
+        parts["flux"] = _pointwise(predicted - flux, self.hparams.flux_loss).mean()
+        self.loss.weights["gradient"] = weight
+        total = self.loss(parts)
+        batch_size = labels.shape[0]
+        for name, value in parts.items():
+            self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self.log("train/gradient_weight", weight, batch_size=batch_size)
+        return total
+
+    @torch.no_grad()
+    def _update_gradient_error(
+        self, per_pair: torch.Tensor, columns: torch.Tensor, valid: torch.Tensor, decay: float = 0.9
+    ) -> None:
+        total = torch.zeros_like(self.gradient_error).index_add_(
+            0, columns.flatten(), (per_pair * valid).flatten()
+        )
+        count = torch.zeros_like(self.gradient_error).index_add_(
+            0, columns.flatten(), valid.flatten()
+        )
+        seen = count > 0
+        mean = total[seen] / count[seen]
+        self.gradient_error[seen] = decay * self.gradient_error[seen] + (1 - decay) * mean.sqrt()
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        labels, flux = batch["labels"], batch["flux"]
+        predicted = self.network(labels)
+        metrics = self.metrics[stage]
+        metrics["flux_mae"](predicted, flux)
+        metrics["flux_rmse"](predicted, flux)
+        batch_size = labels.shape[0]
+        self.log(f"{stage}/flux_mae", metrics["flux_mae"], batch_size=batch_size)
+        self.log(f"{stage}/flux_rmse", metrics["flux_rmse"], batch_size=batch_size, prog_bar=True)
+        self.log(
+            f"{stage}/loss_flux",
+            _pointwise(predicted - flux, self.hparams.flux_loss).mean(),
+            batch_size=batch_size,
+            sync_dist=True,
+        )
+        limit = self.hparams.val_gradient_batches
+        mask = batch["gradient_mask"]
+        if not self.gradient_names or (0 <= limit <= batch_idx) or not bool(mask.any()):
+            return
+        # Every gradient label at once: the batch repeated K times, one one-hot tangent each.
+        k = len(self.gradient_names)
+        columns = torch.arange(k, device=labels.device).expand(labels.shape[0], k)
+        _, derivatives = self.directional_derivatives(labels, columns)  # (B, K, P)
+        target = batch["gradients"]
+        relative = (derivatives - target).norm(dim=-1) / target.norm(dim=-1).clamp_min(1e-30)
+        for column, name in enumerate(self.gradient_names):
+            present = mask[:, column]
+            if present.any():
+                metric = self.metrics[stage]["gradient_rel_error"][name]
+                metric.update(relative[present, column])
+                self.log(
+                    f"{stage}/gradient_rel_error/{name}", metric, batch_size=int(present.sum())
+                )
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "constant":
+            return optimizer
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        if hp.scheduler == "onecycle":
+            if not math.isfinite(total):
+                raise ValueError("scheduler 'onecycle' needs trainer.max_steps or max_epochs")
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=hp.lr, total_steps=int(total)
+            )
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, _warmup_cosine(hp.warmup_steps, total)
+            )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def _warmup_cosine(warmup_steps: int, total_steps: float):
+    """Learning-rate factor: linear warm-up, then cosine decay to 0 at total_steps (if finite)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not math.isfinite(total_steps) or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def network_from_hparams(hparams) -> nn.Module:
+    """The bare network an EmulatorModule with these hyper-parameters holds (untrained)."""
+    label_names = hparams["label_scaling"]["names"]
+    return build_network(
+        hparams.get("model", "transformer"),
+        n_labels=len(label_names),
+        n_pixels=len(hparams["wavelength"]),
+        patch_size=hparams.get("patch_size", 32),
+        d_model=hparams.get("d_model", 128),
+        n_layers=hparams.get("n_layers", 4),
+        n_heads=hparams.get("n_heads", 4),
+        d_ff=hparams.get("d_ff", 512),
+        label_hidden=hparams.get("label_hidden", 256),
+        dropout=hparams.get("dropout", 0.0),
+        hidden=hparams.get("mlp_hidden", 300),
+        n_hidden_layers=hparams.get("mlp_layers", 2),
+    )
+
+
+def emulator_arguments(datamodule) -> dict:
+    """The grid description an EmulatorModule takes from a GridDataModule (plain values)."""
+    return {
+        "label_scaling": _scaling_to_dict(datamodule.label_scaling),
+        "wavelength": _to_float_list(datamodule.wavelength),
+        "medium": str(datamodule.medium),
+        "resolution": float(datamodule.resolution),
+        "gradient_names": list(datamodule.gradient_names),
+        "gradient_scale": _to_float_list(datamodule.gradient_scale),
+    }
+
+
+def _scaling_to_dict(scaling: LabelScaling | dict | None) -> dict | None:
+    """LabelScaling -> plain dict for hyper-parameters (None and dicts pass through)."""
+    return scaling.to_dict() if isinstance(scaling, LabelScaling) else scaling
+
+
+def _to_float_list(values: Sequence[float] | np.ndarray | None) -> list[float] | None:
+    """Array -> list of Python floats (YAML/JSON-safe hyper-parameters; None passes through)."""
+    return None if values is None else [float(v) for v in np.asarray(values).reshape(-1)]
+
+
+def load_emulator(
+    checkpoint_path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> SpectrumEmulator:
+    """A frozen SpectrumEmulator (eval mode, no grad) from an EmulatorModule checkpoint.
+
+    Loads with `weights_only=True` (no code is unpickled) and rebuilds the network from the
+    stored hyper-parameters.
+    """
+    checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    missing = [key for key in ("label_scaling", "wavelength") if hparams.get(key) is None]
+    if missing or "state_dict" not in checkpoint:
+        raise ValueError(
+            f"{checkpoint_path}: not an EmulatorModule checkpoint (hyper_parameters lack {missing} "
+            "or there is no state_dict)"
+        )
+    network = network_from_hparams(hparams)
+    prefix = "network."
+    state = {
+        key[len(prefix) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }
+    network.load_state_dict(state)
+    emulator = SpectrumEmulator(
+        network,
+        LabelScaling.from_dict(hparams["label_scaling"]),
+        np.asarray(hparams["wavelength"], dtype=np.float64),
+        medium=hparams.get("medium", "vacuum"),
+        resolution=hparams.get("resolution", float("nan")),
+    )
+    if isinstance(map_location, (str, torch.device)):
+        emulator = emulator.to(map_location)
+    emulator.eval()
+    emulator.requires_grad_(False)
+    return emulator
