@@ -6,9 +6,11 @@ sinusoidally) plus "which star is this" (an MLP embedding of the labels, the sam
 token); encoder blocks let tokens exchange information (a line of one species in the blue can
 inform its lines in the red); a linear head turns each token back into its patch's fluxes.
 
-Attention is written out with matmul and softmax on purpose: the gradient prior differentiates
-d flux / d label once more during training, and torch's fused scaled-dot-product attention on
-CPU has no double-backward (DESIGN section 7). The explicit form is also the readable one.
+Attention and layer norm are written out (matmul, softmax, mean, variance) on purpose: the
+gradient prior differentiates d flux / d label once more during training; torch's fused
+scaled-dot-product attention on CPU has no double-backward (DESIGN section 7), and
+backpropagating through the jvp of the fused layer norm gives wrong gradients (measured here,
+torch 2.13 CPU). The explicit forms are also the readable ones.
 """
 
 from __future__ import annotations
@@ -48,6 +50,26 @@ def sinusoidal_encoding(n_positions: int, width: int) -> torch.Tensor:
     encoding[:, 0::2] = torch.sin(position * frequency)
     encoding[:, 1::2] = torch.cos(position * frequency)[:, : width // 2]
     return encoding
+
+
+class LayerNorm(nn.Module):
+    """Layer norm written out with mean and variance.
+
+    Measured with torch 2.13 on CPU: backpropagating through the forward-mode derivative (jvp)
+    of the fused `F.layer_norm` gives wrong parameter gradients (the jvp itself is right); this
+    explicit form agrees with finite differences (tests/test_models.py keeps it that way).
+    """
+
+    def __init__(self, width: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=-1, keepdim=True)
+        variance = centred.square().mean(dim=-1, keepdim=True)
+        return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
 
 
 class SelfAttention(nn.Module):
@@ -97,9 +119,9 @@ class Block(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.norm_attention = nn.LayerNorm(config.d_model)
+        self.norm_attention = LayerNorm(config.d_model)
         self.attention = SelfAttention(config)
-        self.norm_ff = nn.LayerNorm(config.d_model)
+        self.norm_ff = LayerNorm(config.d_model)
         self.ff = FeedForward(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +146,7 @@ class SpectrumTransformer(nn.Module):
             nn.Linear(config.label_hidden, d),
         )
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = nn.LayerNorm(d)
+        self.norm = LayerNorm(d)
         self.head = nn.Linear(d, config.patch_size)  # token -> its patch's fluxes
         # Normalised fluxes sit near 1 (the continuum): start there, with small line depths.
         nn.init.normal_(self.head.weight, std=0.02)
