@@ -55,7 +55,8 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=list(args) if args is not None else None,
+        # the process's own arguments go in as None (Lightning warns when given both)
+        args=None if args is None or list(args) == sys.argv[1:] else list(args),
         run=run,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
