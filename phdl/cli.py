@@ -14,7 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 #: name -> "module:function" taking an argument list; imported only when used (fast start-up).
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {
+    "report": "phdl.report:main",
+}
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

@@ -93,9 +93,7 @@ def create_grid(
     label_names = [str(n) for n in label_names]
     gradient_names = [str(n) for n in gradient_names]
     units = list(label_units) if label_units is not None else [label_unit(n) for n in label_names]
-    _check_metadata(
-        path, wavelength, medium, label_names, units, labels, gradient_names
-    )
+    _check_metadata(path, wavelength, medium, label_names, units, labels, gradient_names)
     n, p, k = labels.shape[0], wavelength.shape[0], len(gradient_names)
     with h5py.File(path, "w") as f:
         f.attrs["schema_version"] = SCHEMA_VERSION
@@ -112,9 +110,7 @@ def create_grid(
         names.attrs["units"] = _strings(units)
         f.create_dataset("labels", data=labels)
         f.create_dataset("gradient_names", data=_strings(gradient_names))
-        f.create_dataset(
-            "flux", shape=(n, p), dtype=np.float32, chunks=(1, p), fillvalue=np.nan
-        )
+        f.create_dataset("flux", shape=(n, p), dtype=np.float32, chunks=(1, p), fillvalue=np.nan)
         f.create_dataset(
             "gradients",
             shape=(n, k, p),
@@ -179,7 +175,9 @@ def write_grid(
 
 def _check_metadata(path, wavelength, medium, label_names, units, labels, gradient_names):
     if wavelength.ndim != 1 or wavelength.size < 2:
-        raise GridError(f"{path}: 'wavelength' must be 1-d with at least 2 pixels, got shape {wavelength.shape}")
+        raise GridError(
+            f"{path}: 'wavelength' must be 1-d with at least 2 pixels, got shape {wavelength.shape}"
+        )
     if not np.all(np.isfinite(wavelength)):
         raise GridError(f"{path}: 'wavelength' contains NaN or inf")
     if np.any(np.diff(wavelength) <= 0):
@@ -189,11 +187,15 @@ def _check_metadata(path, wavelength, medium, label_names, units, labels, gradie
             f"({wavelength[first + 1]!r} A) does not exceed pixel {first} ({wavelength[first]!r} A)"
         )
     if medium not in MEDIA:
-        raise GridError(f"{path}: wavelength attribute 'medium' must be one of {MEDIA}, got {medium!r}")
+        raise GridError(
+            f"{path}: wavelength attribute 'medium' must be one of {MEDIA}, got {medium!r}"
+        )
     if len(set(label_names)) != len(label_names):
         raise GridError(f"{path}: duplicate names in 'label_names': {list(label_names)}")
     if len(units) != len(label_names):
-        raise GridError(f"{path}: 'label_names' has {len(label_names)} names but {len(units)} units")
+        raise GridError(
+            f"{path}: 'label_names' has {len(label_names)} names but {len(units)} units"
+        )
     if labels.ndim != 2 or labels.shape[1] != len(label_names):
         raise GridError(
             f"{path}: 'labels' must have shape (N, {len(label_names)}) to match 'label_names', "
@@ -233,20 +235,28 @@ def read_grid_info(path: str | os.PathLike, check_values: bool = True) -> GridIn
     with f:
         version = f.attrs.get("schema_version")
         if version is None:
-            raise GridError(f"{path}: root attribute 'schema_version' is missing (expected {SCHEMA_VERSION})")
+            raise GridError(
+                f"{path}: root attribute 'schema_version' is missing (expected {SCHEMA_VERSION})"
+            )
         if int(version) != SCHEMA_VERSION:
             raise GridError(
                 f"{path}: unknown schema version {version}; this phdl reads version {SCHEMA_VERSION}"
             )
         missing = [d for d in REQUIRED_DATASETS if d not in f]
         if missing:
-            raise GridError(f"{path}: missing dataset(s) {missing}; schema v1 needs {list(REQUIRED_DATASETS)}")
+            raise GridError(
+                f"{path}: missing dataset(s) {missing}; schema v1 needs {list(REQUIRED_DATASETS)}"
+            )
         wavelength = f["wavelength"][...].astype(np.float64)
         medium = f["wavelength"].attrs.get("medium", "")
         medium = medium.decode() if isinstance(medium, bytes) else str(medium)
         label_names = _decode(f["label_names"][...])
         units_attr = f["label_names"].attrs.get("units")
-        units = _decode(units_attr) if units_attr is not None else tuple(label_unit(n) for n in label_names)
+        units = (
+            _decode(units_attr)
+            if units_attr is not None
+            else tuple(label_unit(n) for n in label_names)
+        )
         labels = f["labels"][...]
         gradient_names = _decode(f["gradient_names"][...])
         _check_metadata(path, wavelength, medium, label_names, units, labels, gradient_names)
@@ -361,7 +371,9 @@ def import_difference_grid(
     """
     source, destination = Path(source), Path(destination)
     if source.resolve() == destination.resolve():
-        raise GridError(f"{source}: importing in place would destroy the source; give another destination")
+        raise GridError(
+            f"{source}: importing in place would destroy the source; give another destination"
+        )
     with h5py.File(source, "r") as f:
         if "gradients" not in f or "gradient_names" not in f:
             raise GridError(f"{source}: missing dataset 'gradients' or 'gradient_names'")
@@ -380,7 +392,9 @@ def import_difference_grid(
         else:
             steps = np.full(len(names), float(delta))
     if steps.shape != (len(names),) or np.any(steps == 0) or not np.all(np.isfinite(steps)):
-        raise GridError(f"{source}: difference steps must be finite, non-zero, one per gradient; got {steps}")
+        raise GridError(
+            f"{source}: difference steps must be finite, non-zero, one per gradient; got {steps}"
+        )
     # Validate the source as if it were schema v1 (its gradients are only rescaled).
     info = read_grid_info(source, check_values=True)
     create_grid(

@@ -147,7 +147,11 @@ class LabelScaling:
 
     def to_dict(self) -> dict:
         """Plain (JSON/YAML-safe) form stored in checkpoints."""
-        return {"names": list(self.names), "minimum": list(self.minimum), "maximum": list(self.maximum)}
+        return {
+            "names": list(self.names),
+            "minimum": list(self.minimum),
+            "maximum": list(self.maximum),
+        }
 
     @classmethod
     def from_dict(cls, state: dict) -> LabelScaling:

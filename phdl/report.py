@@ -78,11 +78,17 @@ def evaluate(
         labels = torch.as_tensor(info.labels[batch], dtype=torch.float32, device=device)
         with torch.no_grad():
             model_flux = emulator.flux(labels).cpu().numpy()
-        emulated = emulator_gradient_spectra(emulator, labels, grad_label_idx).detach().cpu().numpy()
+        emulated = (
+            emulator_gradient_spectra(emulator, labels, grad_label_idx).detach().cpu().numpy()
+        )
         residuals.append(model_flux - flux)
         norm = np.linalg.norm(np.nan_to_num(reference), axis=-1)
         diff = np.linalg.norm(np.nan_to_num(emulated - reference), axis=-1)
-        err = np.where(np.isfinite(reference).all(axis=-1) & (norm > 0), diff / np.where(norm > 0, norm, 1), np.nan)
+        err = np.where(
+            np.isfinite(reference).all(axis=-1) & (norm > 0),
+            diff / np.where(norm > 0, norm, 1),
+            np.nan,
+        )
         errors.append(err)
         if example_emulated is None:
             example_emulated, example_reference = emulated[0], reference[0]
@@ -168,20 +174,33 @@ def plot_gradient_spectra(
     names = list(labels) if labels else list(evaluation.gradient_names[:4])
     unknown = [n for n in names if n not in evaluation.gradient_names]
     if unknown:
-        raise ValueError(f"no gradient spectra for {unknown}; the grid has {list(evaluation.gradient_names)}")
+        raise ValueError(
+            f"no gradient spectra for {unknown}; the grid has {list(evaluation.gradient_names)}"
+        )
     w = evaluation.wavelength
     lo, hi = window if window else (w[0], w[-1])
     sel = (w >= lo) & (w <= hi)
     if not sel.any():
         raise ValueError(f"window {lo}-{hi} A lies outside the grid ({w[0]:.1f}-{w[-1]:.1f} A)")
     star = dict(zip(evaluation.label_names, evaluation.labels[0]))
-    fig, axes = plt.subplots(len(names), 1, figsize=(9, 1.9 * len(names) + 0.6), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(names), 1, figsize=(9, 1.9 * len(names) + 0.6), sharex=True, squeeze=False
+    )
     for ax, name in zip(axes[:, 0], names):
         k = evaluation.gradient_names.index(name)
-        ax.plot(w[sel], evaluation.example_reference[k, sel], color="k", lw=1.0, label="reference (ab initio)")
+        ax.plot(
+            w[sel],
+            evaluation.example_reference[k, sel],
+            color="k",
+            lw=1.0,
+            label="reference (ab initio)",
+        )
         ax.plot(w[sel], evaluation.example_emulated[k, sel], color="C3", lw=0.9, label="emulator")
         unit = label_unit(name)
-        ax.set_ylabel(f"d flux / d {pretty_label(name)}\n[1/{unit}]" if unit else f"d flux / d {name}", fontsize=8)
+        ax.set_ylabel(
+            f"d flux / d {pretty_label(name)}\n[1/{unit}]" if unit else f"d flux / d {name}",
+            fontsize=8,
+        )
     axes[0, 0].legend(fontsize=8, loc="lower right")
     axes[-1, 0].set_xlabel("wavelength [A]")
     desc = ", ".join(f"{pretty_label(n)}={star[n]:.4g}" for n in list(star)[:4])
@@ -203,7 +222,9 @@ def plot_gradient_errors(summaries: dict[str, dict], path: str | Path) -> None:
     width = 0.8 / len(summaries)
     fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(names) + 2), 3.6))
     for i, (model, summary) in enumerate(summaries.items()):
-        values = [summary["gradient_relative_error"][n]["median_relative_error"] or np.nan for n in names]
+        values = [
+            summary["gradient_relative_error"][n]["median_relative_error"] or np.nan for n in names
+        ]
         ax.bar(x + (i - (len(summaries) - 1) / 2) * width, values, width, label=model)
     ax.set_xticks(x, [pretty_label(n) for n in names], rotation=70, fontsize=8)
     ax.set_yscale("log")
@@ -248,3 +269,79 @@ def gradient_error_table(summaries: dict[str, dict]) -> str:
             cells.append("-" if v is None else f"{v:.3f}")
         lines.append(f"| {pretty_label(n)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def split_of_checkpoint(checkpoint_path: str | Path, split: str) -> tuple[str, np.ndarray | None]:
+    """The grid path and spectrum indices of a training run's 'train', 'val' or 'test' split.
+
+    Rebuilt from the datamodule hyper-parameters stored in the checkpoint (path, fractions,
+    seed), so the report sees exactly the spectra the emulator was not trained on.
+    """
+    from phdl.data.grid import split_indices
+
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    if "path" not in data:
+        raise ValueError(
+            f"{checkpoint_path}: the checkpoint does not record its training grid; pass --grid"
+        )
+    if split == "all":
+        return str(data["path"]), None
+    n_spectra = read_grid_info(data["path"], check_values=False).n_spectra
+    parts = dict(
+        zip(
+            ("train", "val", "test"),
+            split_indices(n_spectra, data["val_fraction"], data["test_fraction"], data["seed"]),
+        )
+    )
+    if split not in parts:
+        raise ValueError(f"unknown split {split!r}; expected train, val, test or all")
+    return str(data["path"]), parts[split]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """`phdl report`: accuracy report of a trained emulator on its held-out grid spectra."""
+    import argparse
+
+    from phdl.emulator import load_emulator
+
+    parser = argparse.ArgumentParser(
+        prog="phdl report",
+        description="Emulator accuracy on held-out grid spectra: residual histogram, gradient "
+        "spectra emulator vs reference, per-label gradient errors (PNG + summary.json).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="EmulatorModule checkpoint (.ckpt)")
+    parser.add_argument("--grid", help="schema-v1 grid (default: the checkpoint's training grid)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "train", "all"),
+        help="which spectra of the checkpoint's split to evaluate (default: test)",
+    )
+    parser.add_argument("--output", required=True, help="folder for the figures and summary.json")
+    parser.add_argument("--labels", nargs="+", help="labels whose gradient spectra are plotted")
+    parser.add_argument(
+        "--window", nargs=2, type=float, metavar=("MIN", "MAX"), help="wavelength window [A]"
+    )
+    args = parser.parse_args(argv)
+    grid, indices = args.grid, None
+    if grid is None or args.split != "all":
+        training_grid, indices = split_of_checkpoint(args.checkpoint, args.split)
+        grid = grid or training_grid
+    emulator = load_emulator(args.checkpoint)
+    summary = write_report(
+        emulator,
+        grid,
+        args.output,
+        indices=indices,
+        labels=args.labels,
+        window=tuple(args.window) if args.window else None,
+        name=Path(args.checkpoint).stem,
+    )
+    print(
+        f"{summary['n_spectra']} {args.split} spectra: flux MAE {summary['flux_mae']:.2e}, "
+        f"RMSE {summary['flux_rmse']:.2e}, robust sigma {summary['flux_sigma_robust']:.2e}\n"
+        + gradient_error_table({Path(args.checkpoint).stem: summary})
+        + f"\nwritten to {args.output}"
+    )
+    return summary

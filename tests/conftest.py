@@ -15,7 +15,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def make_toy_grid(n_spectra=64, n_pixels=96, label_names=("teff", "logg", "fe_h", "mg_fe", "ca_fe"), seed=0):
+def make_toy_grid(
+    n_spectra=64, n_pixels=96, label_names=("teff", "logg", "fe_h", "mg_fe", "ca_fe"), seed=0
+):
     """A small analytic grid with exact gradient spectra: Gaussian absorption lines whose depths
     depend smoothly on the labels. Returns (labels, flux, gradients)."""
     rng = np.random.default_rng(seed)
@@ -34,7 +36,13 @@ def make_toy_grid(n_spectra=64, n_pixels=96, label_names=("teff", "logg", "fe_h"
     gradients = np.zeros((n_spectra, len(label_names), n_pixels))
     for j in range(len(label_names)):
         gradients[:, j, :] = -(0.3 / (hi[j] - lo[j])) * profile[owner == j].sum(axis=0)[None, :]
-    return wavelength, label_names, labels.astype(np.float32), flux.astype(np.float32), gradients.astype(np.float32)
+    return (
+        wavelength,
+        label_names,
+        labels.astype(np.float32),
+        flux.astype(np.float32),
+        gradients.astype(np.float32),
+    )
 
 
 @pytest.fixture
@@ -42,6 +50,16 @@ def toy_grid(tmp_path):
     """Path of a 64-spectrum, 96-pixel schema-v1 grid with exact gradients."""
     path = tmp_path / "toy_grid.h5"
     wavelength, names, labels, flux, gradients = make_toy_grid()
-    write_grid(path, wavelength, names, labels, flux, names, gradients,
-               resolution=1800.0, source="phdl.tests.toy", normalisation="analytic")
+    write_grid(
+        path,
+        wavelength,
+        names,
+        labels,
+        flux,
+        names,
+        gradients,
+        resolution=1800.0,
+        source="phdl.tests.toy",
+        normalisation="analytic",
+    )
     return path

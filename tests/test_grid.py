@@ -71,7 +71,10 @@ def _replace(f, name, data, **attrs):
     [
         (lambda f: f.__delitem__("gradients"), "missing dataset"),
         (lambda f: _replace(f, "flux", np.ones((64, 95), np.float32)), "'flux' has shape"),
-        (lambda f: _replace(f, "gradients", np.ones((64, 5, 90), np.float32)), "'gradients' has shape"),
+        (
+            lambda f: _replace(f, "gradients", np.ones((64, 5, 90), np.float32)),
+            "'gradients' has shape",
+        ),
         (lambda f: _replace(f, "labels", np.ones((64, 4), np.float32)), "'labels' must have shape"),
         (lambda f: f["labels"].__setitem__((3, 1), np.nan), "'labels' contains 1 NaN/inf"),
         (lambda f: f["labels"].__setitem__((5, 0), np.inf), "first: spectrum 5, label 'teff'"),
@@ -79,11 +82,18 @@ def _replace(f, name, data, **attrs):
         (lambda f: f["flux"].__setitem__((2, 4), np.inf), "first: spectrum 2, pixel 4"),
         (lambda f: f["gradients"].__setitem__((2, 0, 4), np.inf), "'gradients' contains inf"),
         (
-            lambda f: _replace(f, "gradient_names", np.array(["teff", "eu_fe"], dtype=h5py.string_dtype())),
+            lambda f: _replace(
+                f, "gradient_names", np.array(["teff", "eu_fe"], dtype=h5py.string_dtype())
+            ),
             "not among the label names",
         ),
         (
-            lambda f: _replace(f, "wavelength", np.r_[np.linspace(5000, 5100, 50), np.linspace(5090, 5200, 46)], medium="vacuum"),
+            lambda f: _replace(
+                f,
+                "wavelength",
+                np.r_[np.linspace(5000, 5100, 50), np.linspace(5090, 5200, 46)],
+                medium="vacuum",
+            ),
             "must increase strictly",
         ),
         (lambda f: f.attrs.__setitem__("schema_version", 7), "unknown schema version 7"),
@@ -91,9 +101,20 @@ def _replace(f, name, data, **attrs):
         (lambda f: f["wavelength"].attrs.__setitem__("medium", "glass"), "'medium' must be one of"),
     ],
     ids=[
-        "missing-dataset", "flux-shape", "gradient-shape", "label-shape", "nan-label", "inf-label",
-        "nan-flux", "inf-flux", "inf-gradient", "unknown-gradient-name", "wavelength-order",
-        "schema-version", "no-schema-version", "medium",
+        "missing-dataset",
+        "flux-shape",
+        "gradient-shape",
+        "label-shape",
+        "nan-label",
+        "inf-label",
+        "nan-flux",
+        "inf-flux",
+        "inf-gradient",
+        "unknown-gradient-name",
+        "wavelength-order",
+        "schema-version",
+        "no-schema-version",
+        "medium",
     ],
 )
 def test_malformed_grid_gives_clear_error(tmp_path, toy_grid, edit, message):
@@ -110,7 +131,9 @@ def test_nan_gradients_mean_not_computed_and_are_allowed(tmp_path, toy_grid):
 
 def test_empty_grid_is_refused(tmp_path):
     with pytest.raises(GridError, match="empty"):
-        create_grid(tmp_path / "e.h5", np.linspace(5000, 5001, 3), ["teff"], np.zeros((0, 1)), ["teff"])
+        create_grid(
+            tmp_path / "e.h5", np.linspace(5000, 5001, 3), ["teff"], np.zeros((0, 1)), ["teff"]
+        )
 
 
 def test_missing_and_unreadable_files(tmp_path):
@@ -142,12 +165,16 @@ def test_import_difference_grid_divides_by_the_step(tmp_path):
     source = tmp_path / "differences.h5"
     write_grid(source, wavelength, names, labels, flux, names, differences)
     info = import_difference_grid(source, tmp_path / "imported.h5", delta=steps)
-    np.testing.assert_allclose(GridReader(info.path).gradients(2), gradients[2], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        GridReader(info.path).gradients(2), gradients[2], rtol=1e-5, atol=1e-7
+    )
     # the step may also come from the file itself
     with h5py.File(source, "r+") as f:
         f["gradients"].attrs["delta"] = np.array([steps[n] for n in names])
     info = import_difference_grid(source, tmp_path / "imported2.h5")
-    np.testing.assert_allclose(GridReader(info.path).gradients(4), gradients[4], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        GridReader(info.path).gradients(4), gradients[4], rtol=1e-5, atol=1e-7
+    )
     with pytest.raises(GridError, match="no difference step given"):
         import_difference_grid(source, tmp_path / "x.h5", delta={"teff": 1.0})
     with pytest.raises(GridError, match="in place"):

@@ -13,7 +13,11 @@ def test_default_label_space_is_the_design_one():
     assert len(DEFAULT_LABELS) == 30
     assert DEFAULT_LABELS[:4] == ("teff", "logg", "vmic", "fe_h")
     assert "eu_fe" in DEFAULT_LABELS and "mg_fe" in DEFAULT_LABELS
-    assert label_unit("teff") == "K" and label_unit("vmic") == "km / s" and label_unit("ba_fe") == "dex"
+    assert (
+        label_unit("teff") == "K"
+        and label_unit("vmic") == "km / s"
+        and label_unit("ba_fe") == "dex"
+    )
     assert is_abundance("mg_fe") and not is_abundance("fe_h")
     assert pretty_label("mg_fe") == "[Mg/Fe]" and pretty_label("fe_h") == "[Fe/H]"
 
@@ -37,12 +41,17 @@ def test_gradient_chain_rule_matches_finite_differences():
         return torch.stack([torch.sin(3 * s[0]) * s[1], s[0] ** 2 + torch.exp(s[1])])
 
     physical = torch.tensor([5500.0, -0.3], dtype=torch.float64)
-    d_scaled = torch.autograd.functional.jacobian(flux_of_scaled, scaling.to_scaled(physical)).T  # (L, P)
+    d_scaled = torch.autograd.functional.jacobian(
+        flux_of_scaled, scaling.to_scaled(physical)
+    ).T  # (L, P)
     d_physical = scaling.gradient_to_physical(d_scaled)
     for j, step in enumerate([1.0, 1e-4]):
         e = torch.zeros(2, dtype=torch.float64)
         e[j] = step
-        fd = (flux_of_scaled(scaling.to_scaled(physical + e)) - flux_of_scaled(scaling.to_scaled(physical - e))) / (2 * step)
+        fd = (
+            flux_of_scaled(scaling.to_scaled(physical + e))
+            - flux_of_scaled(scaling.to_scaled(physical - e))
+        ) / (2 * step)
         torch.testing.assert_close(d_physical[j], fd, rtol=1e-6, atol=1e-9)
 
 

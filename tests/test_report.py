@@ -18,7 +18,9 @@ from phdl.report import evaluate, gradient_error_table, summarise, write_report
 class ToyNetwork(nn.Module):
     """The toy grid's analytic flux as a network of scaled labels (exact derivatives)."""
 
-    def __init__(self, profile: np.ndarray, owner: np.ndarray, n_labels: int, depth_slope: float = 0.3):
+    def __init__(
+        self, profile: np.ndarray, owner: np.ndarray, n_labels: int, depth_slope: float = 0.3
+    ):
         super().__init__()
         self.register_buffer("profile", torch.tensor(profile, dtype=torch.float32))
         onehot = np.zeros((n_labels, len(owner)), dtype=np.float32)
@@ -37,9 +39,13 @@ def toy_emulator(depth_slope=0.3):
     profile = np.exp(-0.5 * ((wavelength[None, :] - centres[:, None]) / 0.6) ** 2)
     owner = np.repeat(np.arange(len(names)), 2)
     scaling = LabelScaling(
-        tuple(names), tuple(DEFAULT_RANGES[n][0] for n in names), tuple(DEFAULT_RANGES[n][1] for n in names)
+        tuple(names),
+        tuple(DEFAULT_RANGES[n][0] for n in names),
+        tuple(DEFAULT_RANGES[n][1] for n in names),
     )
-    return SpectrumEmulator(ToyNetwork(profile, owner, len(names), depth_slope), scaling, wavelength)
+    return SpectrumEmulator(
+        ToyNetwork(profile, owner, len(names), depth_slope), scaling, wavelength
+    )
 
 
 def test_exact_emulator_has_no_error(toy_grid):
@@ -58,8 +64,12 @@ def test_wrong_gradients_are_measured(toy_grid):
 
 def test_report_files_and_table(toy_grid, tmp_path):
     summary = write_report(
-        toy_emulator(0.31), toy_grid, tmp_path / "report", indices=range(10, 30),
-        labels=["teff", "mg_fe"], window=(5000, 5050),
+        toy_emulator(0.31),
+        toy_grid,
+        tmp_path / "report",
+        indices=range(10, 30),
+        labels=["teff", "mg_fe"],
+        window=(5000, 5050),
     )
     for name in ("residuals.png", "gradient_spectra.png", "gradient_errors.png", "summary.json"):
         assert (tmp_path / "report" / name).stat().st_size > 1000 or name == "summary.json"
@@ -68,3 +78,31 @@ def test_report_files_and_table(toy_grid, tmp_path):
     assert "| [Mg/Fe] | 0.033 | 0.033 |" in table
     with pytest.raises(ValueError, match="no gradient spectra for"):
         write_report(toy_emulator(), toy_grid, tmp_path / "r2", labels=["eu_fe"])
+
+
+def test_report_command_uses_the_checkpoints_test_split(toy_grid, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from phdl.cli import main
+    from phdl.report import split_of_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "fit_demo.yaml"
+    main([
+        "fit", "--config", str(config), "--data.init_args.path", str(toy_grid),
+        "--trainer.logger", str(config.parent / "logger/csv.yaml"), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ])  # fmt: skip
+    checkpoint = tmp_path / "runs/demo/checkpoints/last.ckpt"
+    grid, test = split_of_checkpoint(checkpoint, "test")
+    _, train = split_of_checkpoint(checkpoint, "train")
+    assert grid == str(toy_grid) and len(test) == 7 and not set(test) & set(train)
+    summary = main([
+        "report", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "report"),
+        "--labels", "teff", "ca_fe", "--window", "5000", "5060",
+    ])  # fmt: skip
+    assert summary["n_spectra"] == 7
+    assert set(summary["gradient_relative_error"]) == {"teff", "logg", "fe_h", "mg_fe", "ca_fe"}
+    assert (tmp_path / "report/gradient_spectra.png").exists()
+    with pytest.raises(SystemExit):
+        main(["report", "--checkpoint", str(checkpoint), "--output", "x", "--split", "nope"])

@@ -33,21 +33,29 @@ class ObservedSpectrum:
         self.flux = np.asarray(self.flux, dtype=np.float64)
         self.ivar = np.asarray(self.ivar, dtype=np.float64)
         self.mask = (
-            np.zeros(self.flux.shape, dtype=bool) if self.mask is None else np.asarray(self.mask, dtype=bool)
+            np.zeros(self.flux.shape, dtype=bool)
+            if self.mask is None
+            else np.asarray(self.mask, dtype=bool)
         )
 
     def validate(self) -> None:
         """Raise ValueError naming the spectrum and the problem if it cannot be used at all."""
         shapes = {a: getattr(self, a).shape for a in ("wavelength", "flux", "ivar", "mask")}
         if self.wavelength.ndim != 1 or len(set(shapes.values())) != 1:
-            raise ValueError(f"spectrum {self.id}: wavelength, flux, ivar and mask must be 1-d of one length, got {shapes}")
+            raise ValueError(
+                f"spectrum {self.id}: wavelength, flux, ivar and mask must be 1-d of one length, got {shapes}"
+            )
         if self.wavelength.size < 2:
             raise ValueError(f"spectrum {self.id}: fewer than 2 pixels")
         if not np.all(np.isfinite(self.wavelength)) or np.any(np.diff(self.wavelength) <= 0):
-            raise ValueError(f"spectrum {self.id}: wavelength is not finite and strictly increasing")
+            raise ValueError(
+                f"spectrum {self.id}: wavelength is not finite and strictly increasing"
+            )
         good = self.good_pixels()
         if not good.any():
-            raise ValueError(f"spectrum {self.id}: no usable pixel (all ivar = 0, masked or non-finite)")
+            raise ValueError(
+                f"spectrum {self.id}: no usable pixel (all ivar = 0, masked or non-finite)"
+            )
 
     def good_pixels(self) -> np.ndarray:
         """Pixels with finite flux, finite positive ivar and no mask bit."""
@@ -70,8 +78,11 @@ def air_to_vacuum(wavelength_air: np.ndarray) -> np.ndarray:
     """Air -> vacuum wavelengths [Angstrom] (Morton 2000 / IAU standard, as in astropy/VALD)."""
     wavelength_air = np.asarray(wavelength_air, dtype=np.float64)
     s2 = (1e4 / wavelength_air) ** 2
-    n = 1 + 0.00008336624212083 + 0.02408926869968 / (130.1065924522 - s2) + 0.0001599740894897 / (
-        38.92568793293 - s2
+    n = (
+        1
+        + 0.00008336624212083
+        + 0.02408926869968 / (130.1065924522 - s2)
+        + 0.0001599740894897 / (38.92568793293 - s2)
     )
     return wavelength_air * n
 
