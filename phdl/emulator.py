@@ -224,7 +224,7 @@ class EmulatorModule(LightningModule):
         """
         b, d = columns.shape
         label_index = self.gradient_label_index[columns]  # (B, D)
-        repeated = scaled_labels[:, None, :].expand(b, d, -1).reshape(b * d, -1)
+        repeated = scaled_labels.repeat_interleave(d, dim=0)  # (B * D, L), spectrum-major
         tangent = F.one_hot(label_index.reshape(-1), scaled_labels.shape[1]).to(scaled_labels.dtype)
         flux, d_flux_d_scaled = jvp(self.network, (repeated,), (tangent,))
         d_flux_d_physical = d_flux_d_scaled.view(b, d, -1) / self.label_span[label_index][..., None]

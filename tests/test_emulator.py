@@ -159,6 +159,15 @@ def test_jvp_derivatives_equal_full_jacobian_through_scaling(toy_grid):
     torch.testing.assert_close(derivatives, expected)
 
 
+def test_single_spectrum_batch(toy_grid):
+    """A last batch of one spectrum (as DDP ranks get) must work too."""
+    datamodule = GridDataModule(str(toy_grid), batch_size=1)
+    module = _module(datamodule, gradient_weight=1.0, gradient_directions=3)
+    labels = _first_batch(datamodule)["labels"]
+    flux, derivatives = module.directional_derivatives(labels, torch.tensor([[0, 1, 2]]))
+    assert flux.shape == (1, 96) and derivatives.shape == (1, 3, 96)
+
+
 def test_emulator_derivative_in_physical_units_matches_finite_difference(toy_grid):
     """SpectrumEmulator.flux(physical) differentiated numerically == the module's jvp derivative."""
     datamodule = GridDataModule(str(toy_grid), batch_size=2)
