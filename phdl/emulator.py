@@ -32,6 +32,8 @@ from phdl.models import SpectrumEmulator, build_network
 FLUX_LOSSES = ("mse", "l1")
 SCHEDULERS = ("cosine", "onecycle", "constant")
 GRADIENT_SAMPLING = ("uniform", "error")
+#: Rows (spectrum x label) per forward-mode pass when validating gradients: bounds memory.
+VAL_ROWS = 256
 
 
 class CombinedLoss(nn.Module):
@@ -300,10 +302,18 @@ class EmulatorModule(LightningModule):
         mask = batch["gradient_mask"]
         if not self.gradient_names or (0 <= limit <= batch_idx) or not bool(mask.any()):
             return
-        # Every gradient label at once: the batch repeated K times, one one-hot tangent each.
-        k = len(self.gradient_names)
-        columns = torch.arange(k, device=labels.device).expand(labels.shape[0], k)
-        _, derivatives = self.directional_derivatives(labels, columns)  # (B, K, P)
+        # Every gradient label: the batch repeated per label, one one-hot tangent each, in
+        # chunks of at most ~256 rows (memory grows with rows x tokens^2 in attention).
+        k, b = len(self.gradient_names), labels.shape[0]
+        chunk = max(1, VAL_ROWS // b)
+        columns = torch.arange(k, device=labels.device).expand(b, k)
+        derivatives = torch.cat(
+            [
+                self.directional_derivatives(labels, columns[:, start : start + chunk])[1]
+                for start in range(0, k, chunk)
+            ],
+            dim=1,
+        )  # (B, K, P)
         target = batch["gradients"]
         relative = (derivatives - target).norm(dim=-1) / target.norm(dim=-1).clamp_min(1e-30)
         for column, name in enumerate(self.gradient_names):
