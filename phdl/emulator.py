@@ -33,7 +33,7 @@ FLUX_LOSSES = ("mse", "l1")
 SCHEDULERS = ("cosine", "onecycle", "constant")
 GRADIENT_SAMPLING = ("uniform", "error")
 #: Rows (spectrum x label) per forward-mode pass when validating gradients: bounds memory.
-VAL_ROWS = 256
+VAL_ROWS = 128
 
 
 class CombinedLoss(nn.Module):
@@ -303,7 +303,7 @@ class EmulatorModule(LightningModule):
         if not self.gradient_names or (0 <= limit <= batch_idx) or not bool(mask.any()):
             return
         # Every gradient label: the batch repeated per label, one one-hot tangent each, in
-        # chunks of at most ~256 rows (memory grows with rows x tokens^2 in attention).
+        # chunks of at most ~128 rows (memory grows with rows x tokens^2 in attention).
         k, b = len(self.gradient_names), labels.shape[0]
         chunk = max(1, VAL_ROWS // b)
         columns = torch.arange(k, device=labels.device).expand(b, k)
