@@ -1,0 +1,230 @@
+"""Stream observed spectra from files at survey scale: only paths in memory, bad files rejected.
+
+`SpectrumFileDataset` is a torch `Dataset` over a directory, a glob pattern, a list file or a
+sequence of paths. Each item is read (and preprocessed) lazily, inside the DataLoader worker
+that asks for it, and is either an `ObservedSpectrum` or a `Rejected(path, reason)` record: a
+truncated, corrupt or unusable file never stops a run. `write_rejects` writes the rejected files
+(FITS or CSV) next to the catalogue.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from phdl.data.lamost import (
+    DEFAULT_MASK_BITS,
+    FITS_SUFFIXES,
+    LamostFormatError,
+    MaskPolicy,
+    read_lamost,
+)
+from phdl.data.spectrum import ObservedSpectrum
+
+#: Suffixes of text files read as lists of paths (one per line, '#' starts a comment).
+LIST_SUFFIXES: tuple[str, ...] = (".txt", ".lst", ".list", ".csv")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file that gave no usable spectrum: its path and the reason, in words."""
+
+    path: str
+    reason: str
+
+
+def _read_list_file(path: Path) -> list[str]:
+    """Paths listed in a text file (first CSV column; relative paths are relative to the file)."""
+    paths = []
+    with open(path, newline="") as handle:
+        for line in handle:
+            entry = line.split("#", 1)[0].strip().split(",", 1)[0].strip()
+            if not entry or entry.lower() in ("path", "filename", "file"):
+                continue
+            entry_path = Path(entry).expanduser()
+            paths.append(str(entry_path if entry_path.is_absolute() else path.parent / entry_path))
+    return paths
+
+
+def resolve_paths(
+    source: str | os.PathLike | Sequence[str | os.PathLike], recursive: bool = True
+) -> list[str]:
+    """File paths from a directory (FITS files in it, sorted), a glob, a list file or a sequence.
+
+    A directory yields only files whose names end in a FITS suffix (`FITS_SUFFIXES`); a glob, a
+    list file or an explicit sequence is taken as given, so a wrong file becomes a reject.
+    """
+    if isinstance(source, (list, tuple)):
+        return [str(Path(p)) for p in source]
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        pattern = "**/*" if recursive else "*"
+        return sorted(
+            str(p)
+            for p in path.glob(pattern)
+            if p.is_file() and p.name.lower().endswith(FITS_SUFFIXES)
+        )
+    if path.is_file():
+        if path.name.lower().endswith(LIST_SUFFIXES):
+            return _read_list_file(path)
+        return [str(path)]
+    if glob.has_magic(text):
+        return sorted(glob.glob(str(path), recursive=recursive))
+    raise FileNotFoundError(f"{text}: no such directory, file, list file or matching glob")
+
+
+def read_spectrum_file(
+    path: str | os.PathLike,
+    preprocess: Callable[[ObservedSpectrum], ObservedSpectrum] | None = None,
+    mask_policy: MaskPolicy = "and",
+    mask_bits: int = DEFAULT_MASK_BITS,
+    reader: Callable[..., ObservedSpectrum] = read_lamost,
+) -> ObservedSpectrum | Rejected:
+    """Read and preprocess one file; any failure becomes `Rejected(path, reason)`, never raises."""
+    path = str(path)
+    try:
+        spectrum = reader(path, mask_policy=mask_policy, mask_bits=mask_bits)
+        return spectrum if preprocess is None else preprocess(spectrum)
+    except LamostFormatError as exc:
+        return Rejected(path, _strip_path(str(exc), path))
+    except Exception as exc:  # a run over millions of files must outlive any one of them
+        return Rejected(path, _strip_path(f"{type(exc).__name__}: {exc}", path))
+
+
+def _strip_path(message: str, path: str) -> str:
+    """The reason without a leading 'path: ' (the path is its own column)."""
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+class SpectrumFileDataset(Dataset):
+    """Lazily read spectra from files: item i is an `ObservedSpectrum` or a `Rejected`.
+
+    Only the paths live in the dataset (one numpy string array, cheap to fork and pickle), so
+    DataLoader workers read their own files. `preprocess` (e.g. a `Preprocessor`) must be
+    picklable. Use `collate_spectra` as the DataLoader's `collate_fn`.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
+        preprocess: Callable[[ObservedSpectrum], ObservedSpectrum] | None = None,
+        mask_policy: MaskPolicy = "and",
+        mask_bits: int = DEFAULT_MASK_BITS,
+        recursive: bool = True,
+    ) -> None:
+        paths = resolve_paths(source, recursive=recursive)
+        if not paths:
+            raise FileNotFoundError(f"{source}: no spectrum files found")
+        self.paths = np.array(paths, dtype=np.str_)
+        self.preprocess = preprocess
+        self.mask_policy = mask_policy
+        self.mask_bits = mask_bits
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> ObservedSpectrum | Rejected:
+        return read_spectrum_file(
+            str(self.paths[index]), self.preprocess, self.mask_policy, self.mask_bits
+        )
+
+
+def collate_spectra(
+    items: Sequence[ObservedSpectrum | Rejected],
+) -> tuple[list[ObservedSpectrum], list[Rejected]]:
+    """DataLoader collate: keep records as objects, split into (spectra, rejects)."""
+    spectra = [item for item in items if isinstance(item, ObservedSpectrum)]
+    rejects = [item for item in items if isinstance(item, Rejected)]
+    return spectra, rejects
+
+
+def iter_spectra(
+    source: str | os.PathLike | Sequence[str | os.PathLike] | SpectrumFileDataset,
+    preprocess: Callable[[ObservedSpectrum], ObservedSpectrum] | None = None,
+    num_workers: int = 0,
+    batch_size: int = 64,
+    **dataset_kwargs,
+) -> Iterator[tuple[list[ObservedSpectrum], list[Rejected]]]:
+    """Batches (spectra, rejects) in file order, read by `num_workers` DataLoader workers."""
+    dataset = (
+        source
+        if isinstance(source, SpectrumFileDataset)
+        else SpectrumFileDataset(source, preprocess, **dataset_kwargs)
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_spectra,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def read_spectra(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    preprocess: Callable[[ObservedSpectrum], ObservedSpectrum] | None = None,
+    num_workers: int = 0,
+    **dataset_kwargs,
+) -> tuple[list[ObservedSpectrum], list[Rejected]]:
+    """All spectra and rejects of `source` in memory (for small samples; stream otherwise)."""
+    spectra: list[ObservedSpectrum] = []
+    rejects: list[Rejected] = []
+    for batch_spectra, batch_rejects in iter_spectra(
+        source, preprocess, num_workers=num_workers, **dataset_kwargs
+    ):
+        spectra.extend(batch_spectra)
+        rejects.extend(batch_rejects)
+    return spectra, rejects
+
+
+def write_rejects(
+    rejects: Sequence[Rejected], path: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Write the rejected files as a table with columns path, reason (.fits or .csv by suffix)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: rejects table exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes).lower()
+    if suffix.endswith((".fits", ".fit", ".fits.gz")):
+        from astropy.table import Table
+
+        table = Table(
+            {
+                "path": np.array([r.path for r in rejects], dtype=np.str_),
+                "reason": np.array([r.reason for r in rejects], dtype=np.str_),
+            }
+        )
+        table.meta["EXTNAME"] = "REJECTS"
+        table.write(path, overwrite=overwrite)
+    elif suffix.endswith(".csv"):
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "reason"])
+            writer.writerows([r.path, r.reason] for r in rejects)
+    else:
+        raise ValueError(f"{path}: rejects table must end in .fits or .csv")
+    return path
+
+
+def read_rejects(path: str | os.PathLike) -> list[Rejected]:
+    """Read a rejects table written by `write_rejects` (.fits or .csv)."""
+    path = Path(path)
+    if "".join(path.suffixes).lower().endswith(".csv"):
+        with open(path, newline="") as handle:
+            return [Rejected(row["path"], row["reason"]) for row in csv.DictReader(handle)]
+    from astropy.table import Table
+
+    table = Table.read(path)
+    return [Rejected(str(p), str(r)) for p, r in zip(table["path"], table["reason"])]
