@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 from phdl.data.spectrum import C_KMS, ObservedSpectrum, air_to_vacuum
 
@@ -173,19 +174,27 @@ def identify_layout(hdul: fits.HDUList, path: str | Path = "<memory>") -> str:
 
 def _open(path: Path) -> fits.HDUList:
     """Open a FITS file fully in memory; truncated or corrupt files raise LamostFormatError."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
             for hdu in hdul:  # force reading the data so a short file fails here
                 _ = hdu.data
-    except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError) as exc:
-        raise LamostFormatError(f"{path}: not a readable FITS file ({exc})") from exc
-    for warning in caught:
-        text = str(warning.message)
-        if "truncated" in text or "corrupt" in text:
+            error = None
+        except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError) as exc:
+            hdul, error = None, exc
+    truncated = [
+        str(w.message).strip()
+        for w in caught
+        if issubclass(w.category, AstropyUserWarning)
+        and "may have been truncated" in str(w.message)
+    ]
+    if truncated:
+        if hdul is not None:
             hdul.close()
-            raise LamostFormatError(f"{path}: truncated or corrupt FITS file ({text.strip()})")
+        raise LamostFormatError(f"{path}: truncated FITS file ({truncated[0]})") from error
+    if error is not None:
+        raise LamostFormatError(f"{path}: not a readable FITS file ({error})") from error
     return hdul
 
 
@@ -236,12 +245,17 @@ def _header_value(header: fits.Header, *keys: str):
     return None
 
 
+#: LAMOST's "not measured" value in headers and catalogues.
+MISSING_VALUE = -9999.0
+
+
 def _float_or_none(value) -> float | None:
+    """Float, or None for missing, non-numeric, non-finite or LAMOST's -9999 sentinel."""
     try:
         value = float(value)
     except (TypeError, ValueError):
         return None
-    return value if np.isfinite(value) else None
+    return value if np.isfinite(value) and value != MISSING_VALUE else None
 
 
 def header_meta(header: fits.Header, layout: str, path: str | Path) -> dict:
