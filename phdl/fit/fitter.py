@@ -1,0 +1,332 @@
+"""LabelFitter: the inference LightningModule. `predict_step` fits a whole batch of spectra at once.
+
+Per batch, on the module's device:
+1. initial guess without user input: RV from a coarse velocity scan of 3 reference templates, then
+   the best point of a Teff-log g-[Fe/H] template grid (phdl.fit.model.SpectrumModel);
+2. optionally a global CMA-ES stage (phdl.fit.cmaes);
+3. batched Levenberg-Marquardt over all labels + RV (phdl.fit.lm), the continuum solved exactly;
+4. errors from the inverse Fisher matrix J^T W J at the optimum (continuum projected out, so
+   marginalised; RV and all labels jointly), flags, S/N, and optionally the best-fit spectra;
+5. optionally emcee posterior chains for chosen ids (phdl.fit.mcmc).
+
+`Trainer.predict` runs under inference mode by default; configs set `trainer.inference_mode:
+false` (DESIGN section 7). predict_step also leaves inference mode itself, so the fit works either
+way: it only needs forward-mode AD, which no_grad (used under DDP) does not switch off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+
+from phdl.fit.lm import levenberg_marquardt
+from phdl.fit.model import RV_SCALE, SpectrumModel, fisher_covariance, physical_errors
+from phdl.labels import label_unit
+from phdl.models.base import SpectrumEmulator
+
+#: Bits of the catalogue's `flag` column.
+FLAG_BITS: dict[str, int] = {
+    "BAD_INPUT": 1,  # not fitted: see flag_reason
+    "NOT_CONVERGED": 2,  # Levenberg-Marquardt hit max_iter
+    "AT_BOUNDARY": 4,  # a label or the RV ended on its bound (see bound_mask)
+    "SINGULAR_FISHER": 8,  # a label is unconstrained: its error is unreliable
+}
+
+#: Distance to a bound [scaled units] below which a parameter counts as on it.
+BOUND_TOLERANCE = 1e-3
+
+
+class LabelFitter(LightningModule):
+    """Fits labels, RV and continuum of observed spectra with a frozen emulator.
+
+    Args:
+        checkpoint: emulator checkpoint (`phdl fit` output) loaded by phdl.emulator.load_emulator.
+        fit_labels: labels to fit (default: all the emulator's); the others are held at
+            [X/Fe] = 0 or the middle of the grid.
+        fit_rv: fit the radial velocity [km/s]; else v = 0 (spectra in the rest frame).
+        rv_bounds: allowed radial velocities [km/s].
+        rv_step: step of the initial velocity scan [km/s].
+        continuum_order: Chebyshev order of the continuum polynomial.
+        continuum_segments: break wavelengths [A] between separately fitted continuum pieces
+            (e.g. [5900] for LAMOST's blue and red arms).
+        label_margin: allowed extrapolation beyond the training grid [scaled units, grid = 1].
+        init_grid_size: points per axis of the Teff-log g-[Fe/H] start grid (size^3 templates).
+        max_iter: Levenberg-Marquardt iterations at most.
+        global_search: 'none' or 'cmaes' (CMA-ES before Levenberg-Marquardt).
+        cmaes_popsize, cmaes_iterations, cmaes_sigma: CMA-ES settings (sigma in scaled units).
+        return_model: add the best-fit model flux and continuum (on the emulator grid) per row.
+        mcmc_ids: spectrum ids to sample with emcee after the fit.
+        mcmc_walkers, mcmc_steps: emcee settings.
+        mcmc_dir: folder for the chains (`<id>.npz`), required with mcmc_ids.
+        jacobian_rows: spectra x labels per forward-mode pass (caps memory).
+        seed: seed of the stochastic stages (CMA-ES, emcee).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        fit_labels: list[str] | None = None,
+        fit_rv: bool = True,
+        rv_bounds: tuple[float, float] = (-500.0, 500.0),
+        rv_step: float = 10.0,
+        continuum_order: int = 3,
+        continuum_segments: list[float] | None = None,
+        label_margin: float = 0.0,
+        init_grid_size: int = 6,
+        max_iter: int = 50,
+        global_search: str = "none",
+        cmaes_popsize: int = 16,
+        cmaes_iterations: int = 30,
+        cmaes_sigma: float = 0.1,
+        return_model: bool = False,
+        mcmc_ids: list[str] | None = None,
+        mcmc_walkers: int = 64,
+        mcmc_steps: int = 500,
+        mcmc_dir: str | None = None,
+        jacobian_rows: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if global_search not in ("none", "cmaes"):
+            raise ValueError(f"global_search must be 'none' or 'cmaes', got '{global_search}'")
+        if mcmc_ids and not mcmc_dir:
+            raise ValueError("mcmc_ids given without mcmc_dir (where the chains are written)")
+        self.emulator: SpectrumEmulator | None = None
+        if checkpoint is not None:
+            from phdl.emulator import load_emulator
+
+            if not os.path.exists(checkpoint):
+                raise FileNotFoundError(f"LabelFitter: emulator checkpoint {checkpoint} not found")
+            self.emulator = load_emulator(checkpoint, map_location="cpu")
+        self._model: SpectrumModel | None = None
+
+    @classmethod
+    def from_emulator(cls, emulator: SpectrumEmulator, **kwargs) -> LabelFitter:
+        """A fitter around an emulator object (tests, notebooks); kwargs as for __init__."""
+        fitter = cls(checkpoint=None, **kwargs)
+        fitter.emulator = emulator.eval().requires_grad_(False)
+        return fitter
+
+    # --- set-up ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Give the datamodule the emulator's wavelength grid to resample onto."""
+        self._require_emulator()
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "set_model_grid"):
+            if getattr(datamodule, "wavelength", None) is None:
+                datamodule.set_model_grid(self.emulator.wavelength, self.emulator.medium)
+
+    def _require_emulator(self) -> SpectrumEmulator:
+        if self.emulator is None:
+            raise RuntimeError("LabelFitter has no emulator: pass `checkpoint` (or use from_emulator)")
+        return self.emulator
+
+    @property
+    def spectrum_model(self) -> SpectrumModel:
+        """The data model on the emulator's current device (rebuilt after a device move)."""
+        emulator = self._require_emulator()
+        if self._model is None or self._model.device != emulator._label_min.device:
+            h = self.hparams
+            self._model = SpectrumModel(
+                emulator, h.fit_labels, h.fit_rv, tuple(h.rv_bounds), h.continuum_order,
+                h.continuum_segments, h.label_margin, h.jacobian_rows,
+            )  # fmt: skip
+        return self._model
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.spectrum_model.fit_labels
+
+    def column_units(self) -> dict[str, str]:
+        """Unit of every catalogue column that has one (FITS TUNITn)."""
+        units = {"rv": "km / s", "rv_err": "km / s"}
+        for name in self.label_names:
+            units[name] = units[f"{name}_err"] = label_unit(name)
+        return units
+
+    def header(self) -> dict[str, object]:
+        """Catalogue header cards: what was fitted how, and the flag bits."""
+        h = self.hparams
+        emulator = self._require_emulator()
+        cards: dict[str, object] = {
+            "EMULATOR": os.path.basename(str(h.checkpoint)) if h.checkpoint else "in-memory",
+            "WAVEMIN": float(emulator.wavelength[0]),
+            "WAVEMAX": float(emulator.wavelength[-1]),
+            "MEDIUM": emulator.medium,
+            "CONTORD": int(h.continuum_order),
+            "FITRV": bool(h.fit_rv),
+            "GLOBAL": h.global_search,
+            "NLABELS": len(self.label_names),
+        }
+        for name, bit in FLAG_BITS.items():
+            cards[f"FLAG{bit}"] = name
+        return cards
+
+    # --- fitting -----------------------------------------------------------------------------
+    def predict_step(self, batch: dict, batch_idx: int = 0, dataloader_idx: int = 0) -> dict:
+        """Fit every spectrum of the batch; returns catalogue columns (numpy) for the writer."""
+        with torch.inference_mode(False):
+            flux = batch["flux"].clone().to(self.device, torch.float64)
+            ivar = batch["ivar"].clone().to(self.device, torch.float64)
+            return self.fit(flux, ivar, batch["id"], batch["index"], batch["reason"], batch["snr"])
+
+    def fit(
+        self,
+        flux: torch.Tensor,
+        ivar: torch.Tensor,
+        ids: Sequence[str],
+        index: torch.Tensor | Sequence[int] | None = None,
+        reason: Sequence[str] | None = None,
+        snr: torch.Tensor | Sequence[float] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Fit spectra (B, P) already on the emulator grid; catalogue columns per spectrum."""
+        model = self.spectrum_model
+        b = flux.shape[0]
+        ids = [str(i) for i in ids]
+        reason = list(reason) if reason is not None else [""] * b
+        index = np.arange(b) if index is None else np.asarray(torch.as_tensor(index).cpu())
+        flux = torch.nan_to_num(flux.to(model.device, torch.float64))
+        ivar = torch.nan_to_num(ivar.to(model.device, torch.float64)).clamp_min(0.0)
+        if snr is None:
+            snr = self._snr(flux, ivar)
+        snr = np.asarray(torch.as_tensor(snr, dtype=torch.float64).cpu())
+        n_params = model.n_params
+        n_continuum = model.basis.shape[1]
+        n_good = ((ivar > 0) & model.usable).sum(-1)
+        for i in range(b):
+            needed = n_params + n_continuum + 1
+            if not reason[i] and int(n_good[i]) < needed:
+                reason[i] = f"only {int(n_good[i])} usable pixels for {needed - 1} parameters"
+        valid = torch.tensor([not r for r in reason], device=model.device)
+
+        columns = self._empty_columns(b, ids, index, reason, snr, n_good)
+        rows = valid.nonzero().squeeze(1)
+        if rows.numel() > 0:
+            self._fit_rows(flux[rows], ivar[rows], rows.cpu().numpy(), columns, ids)
+        columns["flag"] = np.where(valid.cpu().numpy(), columns["flag"], FLAG_BITS["BAD_INPUT"])
+        return columns
+
+    def _fit_rows(self, flux, ivar, rows: np.ndarray, columns: dict, ids: list[str]) -> None:
+        """Initial guess, optional CMA-ES, Levenberg-Marquardt and Fisher errors for valid rows."""
+        model = self.spectrum_model
+        h = self.hparams
+        theta, base = model.initial_guess(flux, ivar, h.init_grid_size, h.rv_step)
+
+        def evaluate(th: torch.Tensor, sel: torch.Tensor):
+            e = model.evaluate(th, base[sel], flux[sel], ivar[sel], jacobian=True)
+            return e.chi2, e.residual, e.jacobian
+
+        if h.global_search == "cmaes":
+            from phdl.fit.cmaes import cmaes_search
+
+            def chi2(th: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+                return model.evaluate(th, base[sel], flux[sel], ivar[sel]).chi2
+
+            theta, _ = cmaes_search(
+                chi2, theta, model.lower, model.upper, h.cmaes_sigma, h.cmaes_popsize,
+                h.cmaes_iterations, h.seed,
+            )  # fmt: skip
+        result = levenberg_marquardt(evaluate, theta, model.lower, model.upper, h.max_iter)
+        covariance, singular = fisher_covariance(result.jacobian)
+        label_errors, rv_errors = physical_errors(covariance, model)
+        scaled = model.full_labels(result.theta, base)
+        physical = model.emulator.unscale(scaled.to(model.network_dtype)).to(torch.float64)
+        physical = physical[:, model.fit_index].cpu().numpy()
+        near_low = (result.theta - model.lower).abs() < BOUND_TOLERANCE
+        near_high = (model.upper - result.theta).abs() < BOUND_TOLERANCE
+        at_bound = (near_low | near_high).cpu().numpy()
+        bound_mask = (at_bound * (2 ** np.arange(at_bound.shape[1]))).sum(1).astype(np.int64)
+
+        n_labels = len(model.fit_labels)
+        for k, name in enumerate(model.fit_labels):
+            columns[name][rows] = physical[:, k]
+            columns[f"{name}_err"][rows] = label_errors[:, k]
+        columns["rv"][rows] = model.velocity(result.theta).cpu().numpy()
+        columns["rv_err"][rows] = rv_errors
+        chi2 = result.chi2.cpu().numpy()
+        dof = np.maximum(columns["n_pixels"][rows] - model.n_params - model.basis.shape[1], 1)
+        columns["chi2"][rows] = chi2
+        columns["chi2_red"][rows] = chi2 / dof
+        columns["n_iter"][rows] = result.n_iter.cpu().numpy()
+        columns["converged"][rows] = result.converged.cpu().numpy()
+        columns["bound_mask"][rows] = bound_mask
+        flag = np.zeros(rows.size, dtype=np.int32)
+        flag |= np.where(result.converged.cpu().numpy(), 0, FLAG_BITS["NOT_CONVERGED"])
+        flag |= np.where(at_bound.any(1), FLAG_BITS["AT_BOUNDARY"], 0)
+        flag |= np.where(singular.cpu().numpy(), FLAG_BITS["SINGULAR_FISHER"], 0)
+        columns["flag"][rows] = flag
+        if h.return_model or h.mcmc_ids:
+            final = model.evaluate(result.theta, base, flux, ivar)
+            if h.return_model:
+                columns["model_flux"][rows] = final.model.cpu().numpy().astype(np.float32)
+                columns["continuum"][rows] = final.continuum.cpu().numpy().astype(np.float32)
+        if h.mcmc_ids:
+            self._sample(flux, ivar, result.theta, base, covariance, rows, ids, n_labels)
+
+    def _sample(self, flux, ivar, theta, base, covariance, rows, ids, n_labels) -> None:
+        """emcee chains for the rows whose id is in mcmc_ids, written as `<mcmc_dir>/<id>.npz`."""
+        from phdl.fit.mcmc import sample_posterior
+
+        h = self.hparams
+        wanted = set(h.mcmc_ids)
+        os.makedirs(h.mcmc_dir, exist_ok=True)
+        for k, row in enumerate(rows):
+            if ids[row] not in wanted:
+                continue
+            scale = covariance[k].diagonal().clamp_min(0).sqrt().cpu().numpy()
+            chain = sample_posterior(
+                self.spectrum_model, flux[k], ivar[k], theta[k], base[k], h.mcmc_walkers,
+                h.mcmc_steps, scale, h.seed,
+            )  # fmt: skip
+            names = [*self.spectrum_model.fit_labels] + (["rv"] if h.fit_rv else [])
+            path = os.path.join(h.mcmc_dir, f"{ids[row]}.npz")
+            temporary = path + f".tmp{os.getpid()}.npz"
+            np.savez(temporary, chain=chain, names=np.array(names))
+            os.replace(temporary, path)
+
+    def _empty_columns(self, b, ids, index, reason, snr, n_good) -> dict[str, np.ndarray]:
+        """Catalogue columns for b rows, NaN/False until fitted."""
+        model = self.spectrum_model
+        columns: dict[str, np.ndarray] = {
+            "id": np.array(ids, dtype=str),
+            "index": np.asarray(index, dtype=np.int64),
+        }
+        for name in model.fit_labels:
+            columns[name] = np.full(b, np.nan)
+            columns[f"{name}_err"] = np.full(b, np.nan)
+        columns.update(
+            rv=np.full(b, np.nan),
+            rv_err=np.full(b, np.nan),
+            chi2=np.full(b, np.nan),
+            chi2_red=np.full(b, np.nan),
+            n_pixels=n_good.cpu().numpy().astype(np.int32),
+            snr=np.asarray(snr, dtype=np.float64),
+            converged=np.zeros(b, dtype=bool),
+            n_iter=np.zeros(b, dtype=np.int16),
+            flag=np.zeros(b, dtype=np.int32),
+            bound_mask=np.zeros(b, dtype=np.int64),
+            flag_reason=np.array([r or "" for r in reason], dtype=str),
+        )
+        if self.hparams.return_model:
+            p = model.basis.shape[0]
+            columns["model_flux"] = np.full((b, p), np.nan, dtype=np.float32)
+            columns["continuum"] = np.full((b, p), np.nan, dtype=np.float32)
+        return columns
+
+    @staticmethod
+    def _snr(flux: torch.Tensor, ivar: torch.Tensor) -> torch.Tensor:
+        """Median flux x sqrt(ivar) over good pixels (B,)."""
+        values = torch.where(ivar > 0, flux * ivar.sqrt(), torch.nan)
+        return torch.nanmedian(values, dim=1).values
+
+    def forward(self, scaled_labels: torch.Tensor) -> torch.Tensor:
+        """Normalised flux (B, P) of the emulator at scaled labels (B, L)."""
+        return self._require_emulator()(scaled_labels)
+
+
+__all__ = ["FLAG_BITS", "LabelFitter", "RV_SCALE"]

@@ -1,0 +1,299 @@
+"""The data model of a fit: emulator flux at the labels, Doppler shifted, times a fitted continuum.
+
+    flux_obs(lambda) = continuum(lambda) x emulator(labels)(lambda / (1 + v/c)) + noise (ivar)
+
+Parameters theta (B, N) are the fitted labels in the emulator's scaled units ([-0.5, 0.5] spans
+the training grid) followed, when the radial velocity is fitted, by v / RV_SCALE. Labels that are
+not fitted stay at their value in `base` (B, L). The continuum is solved exactly for every theta
+(phdl.fit.continuum) and projected out of the Jacobian (variable projection), so chi2, the
+optimiser's steps and the Fisher matrix all have the continuum marginalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from phdl.fit.continuum import _normal_equations, chebyshev_basis, template_chi2
+from phdl.fit.doppler import DopplerShift
+from phdl.models.base import SpectrumEmulator
+
+#: theta's RV entry is v / RV_SCALE [km/s], so all parameters are O(0.1-1).
+RV_SCALE = 100.0
+
+
+@dataclass
+class Evaluation:
+    """chi2 (B,), weighted residuals (B, P) and, if asked, the projected Jacobian (B, P, N)."""
+
+    chi2: torch.Tensor
+    residual: torch.Tensor
+    jacobian: torch.Tensor | None = None
+    model: torch.Tensor | None = None  # continuum x shifted normalised model (B, P)
+    continuum: torch.Tensor | None = None  # (B, P)
+
+
+class SpectrumModel:
+    """Forward model, chi2 and Jacobian of a batch of spectra on an emulator's grid.
+
+    Args:
+        emulator: frozen SpectrumEmulator (its device is used).
+        fit_labels: labels to fit (default: all); the others stay at `base`.
+        fit_rv: fit the radial velocity (else v = 0).
+        rv_bounds: allowed velocities [km/s].
+        continuum_order: Chebyshev order of the continuum.
+        continuum_segments: break wavelengths [A] between independently fitted continuum pieces.
+        label_margin: allowed extrapolation beyond the training grid, in scaled units.
+        jacobian_rows: rows (spectra x labels) per forward-mode pass (caps memory).
+    """
+
+    def __init__(
+        self,
+        emulator: SpectrumEmulator,
+        fit_labels: Sequence[str] | None = None,
+        fit_rv: bool = True,
+        rv_bounds: tuple[float, float] = (-500.0, 500.0),
+        continuum_order: int = 3,
+        continuum_segments: Sequence[float] | None = None,
+        label_margin: float = 0.0,
+        jacobian_rows: int = 4096,
+    ) -> None:
+        self.emulator = emulator
+        self.names = tuple(emulator.label_names)
+        fit_labels = self.names if fit_labels is None else tuple(fit_labels)
+        unknown = [n for n in fit_labels if n not in self.names]
+        if unknown:
+            raise KeyError(f"fit_labels {unknown} not in the emulator's labels {list(self.names)}")
+        self.fit_labels = fit_labels
+        self.device = emulator._label_min.device
+        self.network_dtype = emulator._label_min.dtype
+        self.fit_index = torch.tensor([self.names.index(n) for n in fit_labels], device=self.device)
+        self.fit_rv = bool(fit_rv)
+        self.rv_bounds = (float(rv_bounds[0]), float(rv_bounds[1]))
+        self.n_params = len(fit_labels) + int(self.fit_rv)
+        self.jacobian_rows = int(jacobian_rows)
+        wavelength = emulator.wavelength
+        self.basis = torch.as_tensor(
+            chebyshev_basis(wavelength, continuum_order, continuum_segments),
+            dtype=torch.float64, device=self.device,
+        )  # fmt: skip
+        self.doppler = DopplerShift(wavelength, device=self.device)
+        speed = max(abs(self.rv_bounds[0]), abs(self.rv_bounds[1])) if self.fit_rv else 0.0
+        self.usable = self.doppler.valid_pixels(speed)  # (P,) pixels inside the grid for any v
+        lower = [-0.5 - label_margin] * len(fit_labels)
+        upper = [0.5 + label_margin] * len(fit_labels)
+        if self.fit_rv:
+            lower.append(self.rv_bounds[0] / RV_SCALE)
+            upper.append(self.rv_bounds[1] / RV_SCALE)
+        self.lower = torch.tensor(lower, dtype=torch.float64, device=self.device)
+        self.upper = torch.tensor(upper, dtype=torch.float64, device=self.device)
+
+    # --- labels ------------------------------------------------------------------------------
+    def default_scaled_labels(self) -> torch.Tensor:
+        """(L,) scaled start/fixed values: [X/Fe] = 0 and vmic etc. mid-grid, inside the grid."""
+        physical = []
+        for name, lo, hi in zip(self.names, *self._ranges()):
+            value = 0.0 if (name.endswith("_fe") or name.endswith("_h")) else 0.5 * (lo + hi)
+            physical.append(min(max(value, lo), hi))
+        physical_t = torch.tensor(physical, dtype=self.network_dtype, device=self.device)
+        return self.emulator.scale(physical_t).to(torch.float64)
+
+    def _ranges(self) -> tuple[list[float], list[float]]:
+        scaling = self.emulator.label_scaling
+        return list(scaling.minimum), list(scaling.maximum)
+
+    def full_labels(self, theta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """Scaled labels (B, L): `base` with the fitted entries taken from theta."""
+        labels = base.clone()
+        labels[:, self.fit_index] = theta[:, : len(self.fit_labels)]
+        return labels
+
+    def velocity(self, theta: torch.Tensor) -> torch.Tensor:
+        """Radial velocities (B,) [km/s]."""
+        if not self.fit_rv:
+            return torch.zeros(theta.shape[0], dtype=theta.dtype, device=theta.device)
+        return theta[:, -1] * RV_SCALE
+
+    # --- model -------------------------------------------------------------------------------
+    def emulate(self, scaled: torch.Tensor) -> torch.Tensor:
+        """Normalised rest-frame flux (B, P) float64 from scaled labels (B, L)."""
+        with torch.no_grad():
+            return self.emulator(scaled.to(self.network_dtype).contiguous()).to(torch.float64)
+
+    def emulate_with_jacobian(self, scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flux (B, P) and d flux / d fitted scaled label (B, P, K) by forward-mode AD."""
+        b, k = scaled.shape[0], len(self.fit_labels)
+        inputs = scaled.to(self.network_dtype).repeat(k, 1).contiguous()  # (K*B, L), label-major
+        tangents = torch.zeros_like(inputs)
+        rows = torch.arange(k * b, device=inputs.device)
+        tangents[rows, self.fit_index.repeat_interleave(b)] = 1.0
+        flux_parts, jac_parts = [], []
+        for start in range(0, k * b, self.jacobian_rows):
+            stop = min(start + self.jacobian_rows, k * b)
+            flux, jvp = torch.func.jvp(
+                self.emulator, (inputs[start:stop],), (tangents[start:stop],)
+            )
+            flux_parts.append(flux.detach())
+            jac_parts.append(jvp.detach())
+        flux = torch.cat(flux_parts)[:b].to(torch.float64)
+        jacobian = torch.cat(jac_parts).to(torch.float64).reshape(k, b, -1).permute(1, 2, 0)
+        return flux, jacobian
+
+    def normalised(
+        self, theta: torch.Tensor, base: torch.Tensor, jacobian: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shifted normalised model (B, P) and, if asked, its Jacobian in theta (B, P, N)."""
+        scaled = self.full_labels(theta, base)
+        rv = self.velocity(theta)
+        if not jacobian:
+            return self.doppler(self.emulate(scaled), rv), None
+        flux, d_flux = self.emulate_with_jacobian(scaled)
+        if not self.fit_rv:
+            return self.doppler(flux, rv), self.doppler(d_flux, rv)
+        shifted, d_shifted_dv = self.doppler(flux, rv, derivative=True)
+        columns = [self.doppler(d_flux, rv), (d_shifted_dv * RV_SCALE)[..., None]]
+        return shifted, torch.cat(columns, dim=-1)
+
+    def evaluate(
+        self,
+        theta: torch.Tensor,
+        base: torch.Tensor,
+        flux: torch.Tensor,
+        ivar: torch.Tensor,
+        jacobian: bool = False,
+        ridge: float = 1e-10,
+    ) -> Evaluation:
+        """chi2 with the continuum solved exactly; Jacobian with the continuum projected out."""
+        normalised, d_normalised = self.normalised(theta, base, jacobian)
+        weights = ivar * self.usable
+        design = normalised[:, :, None] * self.basis[None]  # (B, P, M)
+        gram = _normal_equations(design, weights, ridge)
+        rhs = torch.einsum("bpm,bp->bm", design, weights * flux)
+        coefficients = torch.linalg.solve(gram, rhs)
+        continuum = coefficients @ self.basis.T
+        model = normalised * continuum
+        sqrt_w = weights.sqrt()
+        residual = sqrt_w * (flux - model)
+        chi2 = (residual**2).sum(-1)
+        projected = None
+        if jacobian:
+            # variable projection (Kaufman): remove the continuum directions from dr/dtheta
+            weighted = sqrt_w[..., None] * continuum[..., None] * d_normalised  # (B, P, N)
+            weighted_design = sqrt_w[..., None] * design  # (B, P, M)
+            overlap = weighted_design.transpose(1, 2) @ weighted  # (B, M, N)
+            projected = weighted - weighted_design @ torch.linalg.solve(gram, overlap)
+        return Evaluation(chi2, residual, projected, model, continuum)
+
+    # --- initialisation ----------------------------------------------------------------------
+    def template_grid(self, size: int = 6) -> torch.Tensor:
+        """Scaled labels (T, L) of a size^3 grid in Teff, log g, [Fe/H] (others at defaults)."""
+        axes = [n for n in ("teff", "logg", "fe_h") if n in self.fit_labels]
+        if not axes:
+            axes = list(self.fit_labels[:3])
+        values = torch.linspace(-0.4, 0.4, size, dtype=torch.float64, device=self.device)
+        mesh = torch.meshgrid(*([values] * len(axes)), indexing="ij")
+        grid = self.default_scaled_labels().repeat(mesh[0].numel(), 1)
+        for name, axis in zip(axes, mesh):
+            grid[:, self.names.index(name)] = axis.reshape(-1)
+        return grid
+
+    def initial_guess(
+        self,
+        flux: torch.Tensor,
+        ivar: torch.Tensor,
+        grid_size: int = 6,
+        rv_step: float = 10.0,
+        chunk: int = 512,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Starting theta (B, N) and base labels (B, L) without user guesses.
+
+        1. RV: chi2 of 3 reference templates (cool, mid, hot) shifted over a velocity grid of
+           step `rv_step` [km/s] (continuum solved for each); parabolic refinement of the best.
+        2. Labels: data moved to the rest frame at that RV, chi2 against a grid_size^3 grid in
+           Teff, log g, [Fe/H] (other labels at their defaults); the best grid point per spectrum.
+        """
+        b = flux.shape[0]
+        weights = ivar * self.usable
+        base = self.default_scaled_labels().repeat(b, 1)
+        grid = self.template_grid(grid_size)
+        templates = self.emulate(grid)  # (T, P)
+        rv = torch.zeros(b, dtype=torch.float64, device=self.device)
+        if self.fit_rv:
+            rv = self._scan_velocity(flux, weights, grid, templates, rv_step, chunk)
+        rest_flux = self.doppler(flux, -rv / (1.0 + rv / 299_792.458))
+        rest_weights = self.doppler(weights, -rv / (1.0 + rv / 299_792.458))
+        good = self.doppler((weights > 0).to(torch.float64), -rv) > 0.999
+        rest_weights = torch.where(good, rest_weights.clamp_min(0.0), 0.0) * self.usable
+        chi2 = torch.cat([
+            template_chi2(rest_flux, rest_weights, self.basis, templates[i : i + chunk])
+            for i in range(0, templates.shape[0], chunk)
+        ], dim=1)  # fmt: skip
+        best = grid[chi2.argmin(dim=1)]  # (B, L)
+        theta = [best[:, self.fit_index]]
+        if self.fit_rv:
+            theta.append((rv / RV_SCALE)[:, None])
+        return torch.cat(theta, dim=1), base
+
+    def _scan_velocity(self, flux, weights, grid, templates, rv_step, chunk) -> torch.Tensor:
+        """Best velocity (B,) [km/s] over a grid, refined by a parabola through 3 chi2 values."""
+        low, high = self.rv_bounds
+        velocities = torch.arange(low, high + 0.5 * rv_step, rv_step, dtype=torch.float64,
+                                  device=self.device)  # fmt: skip
+        velocities = velocities[(velocities >= low) & (velocities <= high)]
+        teff = self.names.index("teff") if "teff" in self.names else None
+        references = []
+        for value in (-0.3, 0.0, 0.3):
+            labels = self.default_scaled_labels()
+            if teff is not None:
+                labels[teff] = value
+            references.append(labels)
+        reference = self.emulate(torch.stack(references))  # (R, P)
+        n_ref, n_v = reference.shape[0], velocities.numel()
+        shifted = self.doppler(
+            reference.repeat_interleave(n_v, 0), velocities.repeat(n_ref)
+        )  # (R * V, P), reference-major
+        chi2 = torch.cat([
+            template_chi2(flux, weights, self.basis, shifted[i : i + chunk])
+            for i in range(0, shifted.shape[0], chunk)
+        ], dim=1).reshape(-1, n_ref, n_v)  # fmt: skip
+        best_ref = chi2.min(dim=2).values.argmin(dim=1)
+        curve = chi2[torch.arange(flux.shape[0]), best_ref]  # (B, V)
+        k = curve.argmin(dim=1).clamp(1, max(n_v - 2, 1))
+        rv = velocities[k]
+        if n_v >= 3:
+            rows = torch.arange(flux.shape[0])
+            left, mid, right = curve[rows, k - 1], curve[rows, k], curve[rows, k + 1]
+            denominator = left - 2 * mid + right
+            offset = torch.where(denominator > 0, 0.5 * (left - right) / denominator, 0.0)
+            rv = rv + offset.clamp(-1.0, 1.0) * rv_step
+        return rv.clamp(low, high)
+
+
+def fisher_covariance(jacobian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of J^T J (B, N, N) for projected Jacobians (B, P, N), and a singular flag (B,)."""
+    fisher = jacobian.transpose(1, 2) @ jacobian
+    scale = fisher.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
+    normalised = fisher / (scale[:, :, None] * scale[:, None, :])
+    covariance = torch.linalg.pinv(normalised, hermitian=True) / (
+        scale[:, :, None] * scale[:, None, :]
+    )
+    condition = torch.linalg.cond(normalised)
+    singular = ~torch.isfinite(condition) | (condition > 1e12) | (fisher.diagonal(dim1=-2, dim2=-1)
+                                                                  <= 0).any(-1)  # fmt: skip
+    return covariance, singular
+
+
+def physical_errors(
+    covariance: torch.Tensor, model: SpectrumModel
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-sigma errors of the fitted labels (B, K) [label units] and of v (B,) [km/s]."""
+    variance = covariance.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+    span = torch.as_tensor(
+        model.emulator.label_scaling.span(), dtype=torch.float64, device=variance.device
+    )[model.fit_index]
+    labels = variance[:, : len(model.fit_labels)] * span
+    rv = variance[:, -1] * RV_SCALE if model.fit_rv else torch.full_like(variance[:, 0], np.nan)
+    return labels.cpu().numpy(), rv.cpu().numpy()
