@@ -32,6 +32,7 @@ from phdl.models import SpectrumEmulator, build_network
 FLUX_LOSSES = ("mse", "l1")
 SCHEDULERS = ("cosine", "onecycle", "constant")
 GRADIENT_SAMPLING = ("uniform", "error")
+GRADIENT_BALANCE = ("fixed", "relative")
 #: Rows (spectrum x label) per forward-mode pass when validating gradients: bounds memory.
 VAL_ROWS = 128
 
@@ -79,6 +80,9 @@ class EmulatorModule(LightningModule):
         gradient_start_step: optimiser steps on fluxes only before the gradient term starts.
         gradient_warmup_steps: steps over which lambda then ramps linearly from 0.
         gradient_every: apply the gradient term on every n-th step only (cheaper steps between).
+        gradient_balance: 'fixed' (loss = flux + lambda x gradient) or 'relative' (the gradient
+            term is rescaled each step to lambda x the flux term's current size, so it can
+            neither starve the flux fit nor fade as the fluxes improve).
         lr, weight_decay: AdamW settings.
         scheduler: 'cosine' (linear warm-up, cosine decay), 'onecycle' or 'constant'.
         warmup_steps: linear learning-rate warm-up steps for 'cosine'.
@@ -112,6 +116,7 @@ class EmulatorModule(LightningModule):
         gradient_start_step: int = 0,
         gradient_warmup_steps: int = 0,
         gradient_every: int = 1,
+        gradient_balance: str = "fixed",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         scheduler: str = "cosine",
@@ -130,6 +135,7 @@ class EmulatorModule(LightningModule):
             ("flux_loss", flux_loss, FLUX_LOSSES),
             ("scheduler", scheduler, SCHEDULERS),
             ("gradient_sampling", gradient_sampling, GRADIENT_SAMPLING),
+            ("gradient_balance", gradient_balance, GRADIENT_BALANCE),
         ):
             if value not in allowed:
                 raise ValueError(f"EmulatorModule: {name}={value!r}, expected one of {allowed}")
@@ -260,6 +266,9 @@ class EmulatorModule(LightningModule):
             # lambda = 0: exactly the plain emulator, no derivative is ever taken.
             predicted = self.network(labels)
         parts["flux"] = _pointwise(predicted - flux, self.hparams.flux_loss).mean()
+        if "gradient" in parts and self.hparams.gradient_balance == "relative":
+            ratio = parts["flux"].detach() / parts["gradient"].detach().clamp_min(1e-30)
+            weight = weight * float(ratio)
         self.loss.weights["gradient"] = weight
         total = self.loss(parts)
         batch_size = labels.shape[0]

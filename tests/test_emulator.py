@@ -233,6 +233,20 @@ def test_gradient_term_enters_the_loss(toy_grid, monkeypatch):
     assert all(p.grad is not None for p in module.network.label_embedding.parameters())
 
 
+def test_relative_balance_scales_the_gradient_term_to_the_flux_term(toy_grid, monkeypatch):
+    datamodule = GridDataModule(str(toy_grid), batch_size=8)
+    module = _module(datamodule, gradient_weight=0.5, gradient_balance="relative")
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    _at_step(monkeypatch, 5)
+    loss = module.training_step(_first_batch(datamodule), 0)
+    torch.testing.assert_close(loss, 1.5 * logged["train/loss_flux"])
+    effective = logged["train/gradient_weight"]
+    torch.testing.assert_close(
+        effective * logged["train/loss_gradient"], 0.5 * logged["train/loss_flux"]
+    )
+
+
 def test_error_sampling_prefers_badly_learnt_labels(toy_grid):
     datamodule = GridDataModule(str(toy_grid), batch_size=8)
     module = _module(

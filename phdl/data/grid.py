@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,6 +125,11 @@ class GridDataModule(LightningDataModule):
         self.path = str(path)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        if not Path(self.path).exists():
+            raise GridError(
+                f"{self.path}: no such grid file (for the demo, write a toy grid there with "
+                f"`python -m phdl.data.toy {self.path}`)"
+            )
         self.info: GridInfo = read_grid_info(self.path, check_values=check_values)
         self.train_indices, self.val_indices, self.test_indices = split_indices(
             self.info.n_spectra, val_fraction, test_fraction, seed
