@@ -108,3 +108,54 @@ def test_reference_directory_streams_without_rejects():
     )
     assert len(spectra) == 430 and not rejects
     assert all(s.wavelength.size == 5000 for s in spectra)
+
+
+def test_lamost_source_plugs_into_observed_datamodule(mixed_directory):
+    """`LamostSpectra` is a SpectrumSource: bad files become flagged rows, ids known up front."""
+    from phdl.data.files import LamostSpectra
+    from phdl.data.observed import ObservedDataModule, ObservedDataset
+
+    directory, expected = mixed_directory
+    source = LamostSpectra(str(directory))
+    grid = np.arange(4000.0, 8800.0, 2.0)
+    items = {
+        str(source.paths[i]).rsplit("/", 1)[-1]: ObservedDataset(source, grid)[i]
+        for i in range(len(source))
+    }
+    assert (
+        not items["ok_dr9-table.fits"]["reason"]
+        and items["ok_dr9-table.fits"]["id"] == "ok_dr9-table"
+    )
+    assert (items["ok_dr1-image.fits"]["ivar"] > 0).mean() > 0.8
+    for name, pattern in expected.items():
+        assert pattern in items[name]["reason"], (name, items[name]["reason"])
+    assert source.ids()[0] == "decreasing"
+    assert LamostSpectra(str(directory / "ok_*"), id_from="header").ids() == ["1", "2", "3"]
+    with pytest.raises(ValueError, match="unique"):  # truncated.fits and truncated.fits.gz
+        ObservedDataModule(source, wavelength=list(grid)).remaining_indices()
+    module = ObservedDataModule(LamostSpectra(str(directory / "ok_*")), 2, wavelength=list(grid))
+    batch = next(iter(module.predict_dataloader()))
+    assert batch["flux"].shape == (2, grid.size) and batch["id"] == [
+        "ok_dr1-image",
+        "ok_dr2-8-image",
+    ]
+
+
+def test_lamost_source_from_yaml_class_path(mixed_directory):
+    """The predict config can name it: `source: {class_path: phdl.data.files.LamostSpectra, ...}`."""
+    import json
+
+    from jsonargparse import ArgumentParser
+
+    from phdl.data.files import LamostSpectra
+    from phdl.data.observed import SpectrumSource
+
+    directory, _ = mixed_directory
+    parser = ArgumentParser()
+    parser.add_argument("--source", type=SpectrumSource)
+    config = {
+        "class_path": "phdl.data.files.LamostSpectra",
+        "init_args": {"paths": str(directory / "ok_*"), "mask_policy": "or"},
+    }
+    source = parser.instantiate_classes(parser.parse_args(["--source", json.dumps(config)])).source
+    assert isinstance(source, LamostSpectra) and len(source) == 3 and source.mask_policy == "or"

@@ -24,8 +24,11 @@ from phdl.data.lamost import (
     FITS_SUFFIXES,
     LamostFormatError,
     MaskPolicy,
+    file_stem,
     read_lamost,
 )
+from phdl.data.observed import SpectrumSource
+from phdl.data.preprocess import DEFAULT_BAD_REGIONS, Preprocessor
 from phdl.data.spectrum import ObservedSpectrum
 
 #: Suffixes of text files read as lists of paths (one per line, '#' starts a comment).
@@ -136,6 +139,77 @@ class SpectrumFileDataset(Dataset):
         return read_spectrum_file(
             str(self.paths[index]), self.preprocess, self.mask_policy, self.mask_bits
         )
+
+
+class LamostSpectra(SpectrumSource):
+    """LAMOST FITS files as a source for `phdl.data.observed.ObservedDataModule` (`phdl predict`).
+
+    Item i is the file read by `read_lamost` with bad pixels and `bad_regions` masked (not
+    resampled: the datamodule resamples onto the emulator grid). A bad file raises
+    LamostFormatError naming it and the problem; the datamodule turns that into a flagged
+    catalogue row. `id_from="filename"` (default) uses the file name without suffixes as the
+    spectrum id, known without opening any file (resuming a catalogue of millions of spectra
+    needs all ids up front); `"header"` uses OBSID (or DESIG) and reads every header for `ids()`.
+
+    Args:
+        paths: a directory, glob pattern, list file (one path per line) or list of paths.
+        mask_policy: which LAMOST pixel mask flags bad pixels: and, or, both, none.
+        mask_bits: mask bits that count (default: all).
+        bad_regions: (start, end) wavelength regions [A] to mask; None = the defaults.
+        mask_water: also mask the water telluric bands.
+        min_good_fraction: fewer usable pixels than this fraction makes the file bad.
+        id_from: "filename" or "header".
+    """
+
+    def __init__(
+        self,
+        paths: str | list[str],
+        mask_policy: str = "and",
+        mask_bits: int = DEFAULT_MASK_BITS,
+        bad_regions: list[tuple[float, float]] | None = None,
+        mask_water: bool = False,
+        min_good_fraction: float = 0.3,
+        id_from: str = "filename",
+    ) -> None:
+        if id_from not in ("filename", "header"):
+            raise ValueError(
+                f"LamostSpectra: id_from must be 'filename' or 'header', got {id_from!r}"
+            )
+        self.paths = np.array(resolve_paths(paths), dtype=np.str_)
+        if self.paths.size == 0:
+            raise FileNotFoundError(f"LamostSpectra: no spectrum files in {paths}")
+        self.mask_policy = mask_policy
+        self.mask_bits = int(mask_bits)
+        self.id_from = id_from
+        self.preprocess = Preprocessor(
+            bad_regions=list(DEFAULT_BAD_REGIONS if bad_regions is None else bad_regions),
+            mask_water=mask_water,
+            min_good_fraction=min_good_fraction,
+        )
+
+    def __len__(self) -> int:
+        return int(self.paths.size)
+
+    def __getitem__(self, index: int) -> ObservedSpectrum:
+        path = str(self.paths[index])
+        spectrum = read_lamost(path, mask_policy=self.mask_policy, mask_bits=self.mask_bits)
+        if self.id_from == "filename":
+            spectrum.id = file_stem(path)
+        try:
+            return self.preprocess(spectrum)
+        except ValueError as exc:
+            raise LamostFormatError(f"{path}: {exc}") from exc
+
+    def ids(self) -> list[str]:
+        if self.id_from == "filename":
+            return [file_stem(p) for p in self.paths]
+        ids = []
+        for path in self.paths:
+            try:
+                ids.append(read_lamost(str(path), mask_policy="none").id)
+            except LamostFormatError:
+                ids.append(file_stem(path))
+        return ids
 
 
 def collate_spectra(
