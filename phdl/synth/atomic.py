@@ -120,9 +120,10 @@ def _log_u_table(device: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
 
 
 def _as_float_tensor(temperature: Tensor | float) -> Tensor:
-    """Temperature as a floating tensor (float64 unless already floating)."""
-    t = torch.as_tensor(temperature)
-    return t if t.is_floating_point() else t.to(torch.float64)
+    """Temperature as a floating tensor: python numbers and integer tensors become float64."""
+    if not isinstance(temperature, Tensor):
+        return torch.as_tensor(temperature, dtype=torch.float64)
+    return temperature if temperature.is_floating_point() else temperature.to(torch.float64)
 
 
 def log10_partition_function(species: float, temperature: Tensor | float) -> Tensor:

@@ -1,0 +1,195 @@
+"""Input data of phdl.synth: Kurucz atmospheres, atomic constants, line list (all shipped files)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from phdl.synth import atomic
+from phdl.synth.atmosphere import Atmosphere, KuruczGrid
+from phdl.synth.linelist import FLAG_MOLECULE, FLAG_VDW_UNSOLD, LineList, load_linelist
+
+
+@pytest.fixture(scope="module")
+def grid() -> KuruczGrid:
+    return KuruczGrid.load()
+
+
+@pytest.fixture(scope="module")
+def lines() -> LineList:
+    return load_linelist()
+
+
+# --------------------------------------------------------------------------- atmospheres
+def test_grid_covers_the_requested_box(grid: KuruczGrid) -> None:
+    assert grid.ranges() == {
+        "teff": (3500.0, 8000.0),
+        "logg": (0.0, 5.0),
+        "m_h": (-2.5, 0.5),
+        "alpha_m": (0.0, 0.4),
+    }
+    assert int(grid.present.sum()) == 2786
+    assert torch.allclose(
+        grid.log_tau_ross[[0, -1]], torch.tensor([-6.875, 2.0], dtype=torch.float64)
+    )
+
+
+def test_interpolation_reproduces_a_node(grid: KuruczGrid) -> None:
+    node = grid.node(5750.0, 4.5, 0.0, 0.0)
+    interp = grid.interpolate(5750.0, 4.5, 0.0, 0.0)
+    for name in ("temperature", "gas_pressure", "electron_density", "column_mass"):
+        assert torch.allclose(getattr(interp, name), getattr(node, name), rtol=1e-12, atol=0)
+    # Sun-like structure: T(tau_R = 1) near 6300 K, monotonic column mass, positive kappa_Ross
+    t_tau1 = float(interp.temperature[torch.argmin(interp.log_tau_ross.abs())])
+    assert 5900 < t_tau1 < 6700
+    assert torch.all(torch.diff(interp.column_mass) > 0)
+    assert torch.all(interp.kappa_ross > 0) and torch.all(torch.isfinite(interp.kappa_ross))
+
+
+@pytest.mark.parametrize(
+    ("axis", "lo", "hi", "tol"),
+    [
+        ("teff", 5500.0, 6000.0, (30.0, 0.05, 0.03)),
+        ("logg", 4.0, 5.0, (20.0, 0.01, 0.015)),
+        ("m_h", -0.5, 0.5, (50.0, 0.04, 0.05)),
+    ],
+)
+def test_leave_one_out_solar_neighbourhood(grid: KuruczGrid, axis, lo, hi, tol) -> None:
+    """The 5750/4.5/0.0 model left out and interpolated from its neighbours (2x the grid step)."""
+    labels = {"teff": 5750.0, "logg": 4.5, "m_h": 0.0, "alpha_m": 0.0}
+    true = grid.node(**labels)
+    a, b = grid.node(**{**labels, axis: lo}), grid.node(**{**labels, axis: hi})
+    depth = (true.log_tau_ross >= -5.0) & (true.log_tau_ross <= 1.0)
+    log_t = 0.5 * (a.temperature.log10() + b.temperature.log10())
+    log_p = 0.5 * (a.gas_pressure.log10() + b.gas_pressure.log10())
+    log_ne = 0.5 * (a.electron_density.log10() + b.electron_density.log10())
+    assert float((10**log_t - true.temperature)[depth].abs().max()) < tol[0]
+    assert float((log_p - true.gas_pressure.log10())[depth].abs().max()) < tol[1]
+    assert float((log_ne - true.electron_density.log10())[depth].abs().max()) < tol[2]
+
+
+def test_autograd_flows_through_every_label(grid: KuruczGrid) -> None:
+    labels = [
+        torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (5777.0, 4.44, -0.1, 0.1)
+    ]
+    atm = grid.interpolate(*labels)
+    atm.temperature[40].backward(retain_graph=True)
+    d_t_d_teff = labels[0].grad
+    assert torch.isfinite(d_t_d_teff) and 0.3 < float(d_t_d_teff) < 1.5
+    for x in labels:
+        x.grad = None
+    atm.gas_pressure.log10()[40].backward()
+    assert all(torch.isfinite(x.grad) for x in labels)
+    assert float(labels[1].grad) > 0.3  # log P ~ 0.5-0.7 log g in the photosphere
+    assert float(labels[2].grad) != 0.0 and float(labels[3].grad) != 0.0
+
+
+def test_batched_interpolation_matches_single_calls(grid: KuruczGrid) -> None:
+    teff = torch.tensor([4321.0, 6543.0])
+    logg = torch.tensor([2.1, 4.2])
+    batch = grid.interpolate(teff, logg, torch.tensor(-0.7), torch.tensor(0.3))
+    assert isinstance(batch, Atmosphere) and batch.temperature.shape == (2, 72)
+    assert batch.temperature.dtype == torch.float32
+    for k in range(2):
+        one = grid.interpolate(float(teff[k]), float(logg[k]), -0.7, 0.3)
+        assert torch.allclose(batch.temperature[k].double(), one.temperature, rtol=1e-6)
+
+
+def test_out_of_range_errors_name_the_label(grid: KuruczGrid) -> None:
+    with pytest.raises(
+        ValueError, match=r"teff=9000 K is outside the Kurucz grid range \[3500, 8000\]"
+    ):
+        grid.interpolate(9000.0, 4.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"m_h=-3 dex is outside .* \[-2.5, 0.5\]"):
+        grid.interpolate(5000.0, 4.0, -3.0, 0.0)
+    with pytest.raises(ValueError, match="logg=0.5.*does not exist"):
+        grid.interpolate(7900.0, 0.7, 0.0, 0.0)
+
+
+# --------------------------------------------------------------------------- atomic data
+def test_partition_functions_match_known_values() -> None:
+    t = torch.tensor([5000.0, 6000.0], dtype=torch.float64)
+    assert torch.allclose(
+        atomic.partition_function(1.0, t), torch.tensor(2.0, dtype=torch.float64), atol=1e-3
+    )
+    assert torch.allclose(atomic.partition_function(1.1, t), torch.tensor(1.0, dtype=torch.float64))
+    u_fe = atomic.partition_function(26.0, t)
+    assert (
+        25.5 < float(u_fe[0]) < 29.5 and 30.0 < float(u_fe[1]) < 33.0
+    )  # Gray / Irwin ~27.4, ~31.4
+    assert 40.0 < float(atomic.partition_function(26.1, 5000.0)) < 46.0
+    assert 1.1 < float(atomic.partition_function(20.0, 5000.0)) < 1.3
+    assert 2.0 < float(atomic.partition_function(11.0, 6000.0)) < 2.4
+    assert 28.0 < float(atomic.partition_function(22.0, 5000.0)) < 32.0
+    temp = torch.tensor(5500.0, dtype=torch.float64, requires_grad=True)
+    atomic.partition_function(26.0, temp).backward()
+    assert torch.isfinite(temp.grad) and float(temp.grad) > 0
+    with pytest.raises(ValueError, match="atoms only"):
+        atomic.partition_function(106.0, 5000.0)
+
+
+def test_abundances_masses_ionisation_and_symbols() -> None:
+    assert atomic.solar_log_eps(26) == pytest.approx(7.50)
+    assert atomic.solar_log_eps(6) == pytest.approx(8.43)
+    assert atomic.atomic_mass(26) == pytest.approx(55.85)
+    assert atomic.ionisation_energy(1, 0) == pytest.approx(13.60)
+    assert atomic.ionisation_energy(26, 0) == pytest.approx(7.902)
+    assert atomic.ionisation_energy(26, 1) == pytest.approx(16.19)
+    assert atomic.symbol_to_z("fe") == 26 and atomic.z_to_symbol(56) == "Ba"
+    assert all(atomic.symbol_to_z(atomic.z_to_symbol(z)) == z for z in range(1, 93))
+    assert atomic.parse_species(26.1) == ((26,), 1) and atomic.parse_species(607.0) == ((6, 7), 0)
+
+
+def test_molecular_constants_follow_moog() -> None:
+    assert atomic.dissociation_energy(608) == pytest.approx(11.092)
+    assert atomic.dissociation_energy(106) == pytest.approx(3.465)
+    t = 5000.0
+    lt = np.log10(5040.0 / t)
+    coef = (13.2412, -0.8502, -0.0724, -0.2098, -0.2096)  # CO, Bmolec.f
+    expected = sum(c * lt**j for j, c in enumerate(coef)) - 11.092 * 5040.0 / t
+    assert float(atomic.molecular_log10_kp(608.0, t)) == pytest.approx(expected, abs=1e-9)
+    for code in (101, 106, 108, 112, 606, 607, 608, 707, 822):
+        kp = atomic.molecular_log10_kp(code, torch.tensor([3000.0, 5000.0, 8000.0]))
+        assert torch.all(torch.diff(kp) > 0), code  # molecules dissociate as T rises
+
+
+# --------------------------------------------------------------------------- line list
+def test_linelist_sanity(lines: LineList) -> None:
+    assert np.all(np.diff(lines.wavelength_vacuum) >= 0)
+    assert lines.wavelength_vacuum.min() >= 3600.0 and lines.wavelength_vacuum.max() <= 9200.0
+    shift = lines.wavelength_vacuum - lines.wavelength_air
+    assert np.all((shift > 0.9) & (shift < 2.6))  # air -> vacuum at 3600-9200 A
+    n_mol = int(lines.is_molecule.sum())
+    assert 20_000 < len(lines) - n_mol < 25_000 and 8_000 < n_mol < 12_000
+    assert set(np.unique(lines.molecule)) == {0, 106, 112, 606, 607}
+    atoms = ~lines.is_molecule
+    assert np.all(lines.element[atoms] > 1) and np.all(lines.ion[atoms] <= 1)
+    assert np.all(lines.flags[lines.is_molecule] & FLAG_MOLECULE)
+    assert np.all(np.isfinite(lines.log_gamma_vdw)) and np.all(lines.gamma_rad > 0)
+
+
+def test_spurious_ch_lines_removed(lines: LineList) -> None:
+    ch = lines.molecule == 106
+    assert ch.sum() > 500
+    assert lines.log_gf[ch].max() <= -0.5
+    near = lines.select(5137.0, 5137.2)  # air 5135.621 (log gf +0.73) -> vacuum 5137.05
+    assert not np.any((near.molecule == 106) & (near.log_gf > -1))
+
+
+def test_strong_lines_have_barklem_damping(lines: LineList) -> None:
+    for w_air, species in ((5172.684, 12.0), (5183.604, 12.0), (8542.091, 20.1), (5889.951, 11.0)):
+        k = int(np.argmin(np.abs(lines.wavelength_air - w_air)))
+        assert abs(lines.wavelength_air[k] - w_air) < 1e-3 and lines.species[k] == species
+        assert not lines.flags[k] & FLAG_VDW_UNSOLD
+        assert -8.0 < lines.log_gamma_vdw[k] < -7.0 and 0.2 < lines.vdw_alpha[k] < 0.3
+
+
+def test_select_and_strength_cut(lines: LineList) -> None:
+    window = lines.select(5000.0, 5100.0)
+    assert len(window) > 0 and window.wavelength_vacuum.min() >= 5000.0
+    assert window.wavelength_vacuum.max() <= 5100.0
+    strong = load_linelist(min_log_strength=1.0)
+    assert len(strong) < len(lines) and strong.log_strength.min() > 1.0
+    with pytest.raises(ValueError, match="rebuild"):
+        load_linelist(min_log_strength=-3.0)
