@@ -384,6 +384,9 @@ TEST_STARS = [  # teff, logg, [M/H], [alpha/M]: FGK dwarfs/giants, metal-poor an
     (4500, 4.5, 0.5, 0.0),
     (6750, 4.0, 0.0, 0.0),
     (5250, 3.5, 0.5, 0.0),
+    (3750, 4.5, 0.0, 0.0),
+    (7500, 4.0, 0.0, 0.0),
+    (5000, 2.5, -2.5, 0.4),
 ]
 
 
@@ -638,7 +641,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--log-ratio-cut",
         type=float,
-        default=-0.5,
+        default=-1.0,
         help="keep lines with log10(kappa_line/kappa_cont) above this in a test star",
     )
     args = p.parse_args(argv)

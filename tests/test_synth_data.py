@@ -161,7 +161,7 @@ def test_linelist_sanity(lines: LineList) -> None:
     shift = lines.wavelength_vacuum - lines.wavelength_air
     assert np.all((shift > 0.9) & (shift < 2.6))  # air -> vacuum at 3600-9200 A
     n_mol = int(lines.is_molecule.sum())
-    assert 20_000 < len(lines) - n_mol < 25_000 and 8_000 < n_mol < 12_000
+    assert 19_000 < len(lines) - n_mol < 23_000 and 7_000 < n_mol < 10_000
     assert set(np.unique(lines.molecule)) == {0, 106, 112, 606, 607}
     atoms = ~lines.is_molecule
     assert np.all(lines.element[atoms] > 1) and np.all(lines.ion[atoms] <= 1)
