@@ -44,7 +44,9 @@ def toy_emulator(
     wavelength = 10 ** (np.log10(4500.0) + 1e-4 * np.arange(n_pixels))
     names = tuple(label_names)
     scaling = LabelScaling(
-        names, tuple(DEFAULT_RANGES[n][0] for n in names), tuple(DEFAULT_RANGES[n][1] for n in names)
+        names,
+        tuple(DEFAULT_RANGES[n][0] for n in names),
+        tuple(DEFAULT_RANGES[n][1] for n in names),
     )
     emulator = SpectrumEmulator(ToyNetwork(names, wavelength, resolution), scaling, wavelength,
                                 resolution=resolution)  # fmt: skip
@@ -70,7 +72,6 @@ def observe(
     from phdl.fit.doppler import DopplerShift
 
     rng = np.random.default_rng(seed)
-    n = labels.shape[0]
     with torch.no_grad():
         flux = emulator.flux(torch.tensor(labels, dtype=torch.float32)).double()
     if rv is not None:
@@ -82,3 +83,34 @@ def observe(
     sigma = np.median(flux, axis=1, keepdims=True) / snr
     noisy = flux + sigma * rng.standard_normal(flux.shape)
     return noisy, np.broadcast_to(1.0 / sigma**2, flux.shape).copy()
+
+
+def write_mlp_checkpoint(
+    path, label_names: Sequence[str] = FEW_LABELS, n_pixels: int = 400, seed: int = 0
+) -> None:
+    """An untrained Payne-MLP EmulatorModule checkpoint (what `phdl fit` writes, minus training).
+
+    The fitter treats any checkpoint alike; spectra made with the same weights test the plumbing
+    (CLI, DDP, resume) without a training run.
+    """
+    from phdl.emulator import network_from_hparams
+
+    torch.manual_seed(seed)
+    names = list(label_names)
+    wavelength = 10 ** (np.log10(5000.0) + 1e-4 * np.arange(n_pixels))
+    hparams = {
+        "label_scaling": {
+            "names": names,
+            "minimum": [float(DEFAULT_RANGES[n][0]) for n in names],
+            "maximum": [float(DEFAULT_RANGES[n][1]) for n in names],
+        },
+        "wavelength": [float(w) for w in wavelength],
+        "medium": "vacuum",
+        "resolution": 1800.0,
+        "model": "mlp",
+        "mlp_hidden": 32,
+        "mlp_layers": 2,
+    }
+    network = network_from_hparams(hparams)
+    state = {f"network.{key}": value for key, value in network.state_dict().items()}
+    torch.save({"hyper_parameters": hparams, "state_dict": state}, path)

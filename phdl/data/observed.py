@@ -114,7 +114,9 @@ class HDF5Spectra(SpectrumSource):
         with h5py.File(self.path, "r") as f:
             for name in ("wavelength", "flux", "ivar"):
                 if name not in f:
-                    raise ValueError(f"{self.path}: missing dataset '{name}' (see phdl.data.observed)")
+                    raise ValueError(
+                        f"{self.path}: missing dataset '{name}' (see phdl.data.observed)"
+                    )
             self._n = int(f["flux"].shape[0])
             self._ids = (
                 [_as_str(v) for v in f["id"][()]] if "id" in f else [str(i) for i in range(self._n)]
@@ -160,7 +162,10 @@ def write_observed_hdf5(
     for i, s in enumerate(spectra):
         k = s.wavelength.size
         wavelength[i, :k], flux[i, :k], ivar[i, :k], mask[i, :k] = (
-            s.wavelength, s.flux, s.ivar, s.mask
+            s.wavelength,
+            s.flux,
+            s.ivar,
+            s.mask,
         )
     same = all(s.wavelength.size == p and np.array_equal(s.wavelength, spectra[0].wavelength)
                for s in spectra)  # fmt: skip

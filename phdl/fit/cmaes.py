@@ -44,7 +44,9 @@ def cmaes_search(
         if not running:
             break
         candidates = [np.asarray(strategies[i].ask()) for i in running]
-        stacked = torch.as_tensor(np.concatenate(candidates), dtype=theta.dtype, device=theta.device)
+        stacked = torch.as_tensor(
+            np.concatenate(candidates), dtype=theta.dtype, device=theta.device
+        )
         rows = torch.as_tensor(np.repeat(running, popsize), device=theta.device)
         values = chi2(stacked, rows).reshape(len(running), popsize)
         values = torch.nan_to_num(values, nan=float("inf"))

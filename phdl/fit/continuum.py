@@ -83,7 +83,9 @@ def template_chi2(
     gram = gram.permute(0, 2, 1).reshape(flux.shape[0], templates.shape[0], m, m)
     rhs = (torch.einsum("bp,pm->bmp", ivar * flux, basis) @ templates.T).permute(0, 2, 1)
     scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
-    gram = gram + ridge * scale[..., None, None] * torch.eye(m, dtype=gram.dtype, device=gram.device)
+    gram = gram + ridge * scale[..., None, None] * torch.eye(
+        m, dtype=gram.dtype, device=gram.device
+    )
     coefficients = torch.linalg.solve(gram, rhs[..., None])[..., 0]
     total = (ivar * flux**2).sum(-1, keepdim=True)
     return total - (coefficients * rhs).sum(-1)

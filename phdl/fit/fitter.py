@@ -123,7 +123,9 @@ class LabelFitter(LightningModule):
 
     def _require_emulator(self) -> SpectrumEmulator:
         if self.emulator is None:
-            raise RuntimeError("LabelFitter has no emulator: pass `checkpoint` (or use from_emulator)")
+            raise RuntimeError(
+                "LabelFitter has no emulator: pass `checkpoint` (or use from_emulator)"
+            )
         return self.emulator
 
     @property

@@ -3,8 +3,8 @@
 Each spectrum has its own damping lambda, its own accept/reject decision and its own convergence
 test; converged spectra drop out of the active set, so later iterations only evaluate the
 spectra still moving. Bounds are handled by projection: a trial point is clamped into the box
-[lower, upper] before it is evaluated (a clamped coordinate then stays on its bound until the
-gradient points inwards). Projection keeps parameters in physical units of the grid and leaves the
+[lower, upper] before it is evaluated, and a parameter on its bound whose descent direction points
+outwards is held there for that step (active set), so the others converge undisturbed. Projection keeps parameters in physical units of the grid and leaves the
 Jacobian at an interior optimum untouched (a tanh box transform would shrink it near the edges
 and distort the Fisher errors).
 
@@ -66,11 +66,20 @@ def levenberg_marquardt(
         j, r = jacobian[active], residual[active]
         jtj = j.transpose(1, 2) @ j
         gradient = (j.transpose(1, 2) @ r[..., None])[..., 0]
+        # active set: a parameter on its bound whose descent direction points outwards is held
+        current = theta[active]
+        blocked = ((current <= lower + 1e-9) & (gradient < 0)) | (
+            (current >= upper - 1e-9) & (gradient > 0)
+        )
+        free = (~blocked).to(jtj.dtype)
+        jtj = jtj * free[:, :, None] * free[:, None, :]
+        gradient = gradient * free
         diagonal = jtj.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12)
         system = jtj + lam[active, None, None] * (diagonal[:, :, None] * eye)
+        system = system + (1.0 - free)[:, :, None] * eye
         step = torch.linalg.lstsq(system, gradient[..., None]).solution[..., 0]
-        trial = (theta[active] + step).clamp(lower, upper)
-        moved = (trial - theta[active]).abs().amax(dim=1)
+        trial = (current + step).clamp(lower, upper)
+        moved = (trial - current).abs().amax(dim=1)
         trial_chi2, trial_residual, trial_jacobian = evaluate(trial, active)
         old = chi2[active]
         better = torch.isfinite(trial_chi2) & (trial_chi2 < old)

@@ -1,0 +1,153 @@
+"""The fitter's pieces and its accuracy: Doppler shift, continuum, recovery, Fisher errors, bounds.
+
+Spectra are made with an analytic emulator (tests/fit_toy.py), shifted, multiplied by a
+continuum and given Gaussian noise; the fit must return the input labels within its errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fit_toy import FEW_LABELS, observe, random_labels, toy_emulator
+from lightning.pytorch import Trainer
+
+from phdl.data.observed import ArraySpectra, ObservedDataModule
+from phdl.data.spectrum import C_KMS
+from phdl.fit.continuum import chebyshev_basis, solve_continuum, template_chi2
+from phdl.fit.doppler import DopplerShift
+from phdl.fit.fitter import FLAG_BITS, LabelFitter
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    return toy_emulator()
+
+
+def test_doppler_shift_and_its_derivative_match_analytic_line():
+    wavelength = 10 ** (np.log10(5000.0) + 1e-4 * np.arange(600))
+    centre, width = 5150.0, 1.2
+
+    def line(lam):
+        return 1.0 - 0.5 * np.exp(-0.5 * ((lam - centre) / width) ** 2)
+
+    shift = DopplerShift(wavelength)
+    rv = torch.tensor([-130.0, 0.0, 47.0], dtype=torch.float64)
+    flux = torch.tensor(line(wavelength))[None].repeat(3, 1)
+    shifted, derivative = shift(flux, rv, derivative=True)
+    for k, v in enumerate(rv.tolist()):
+        expected = line(wavelength / (1 + v / C_KMS))
+        assert np.abs(shifted[k, 10:-10].numpy() - expected[10:-10]).max() < 2e-3
+    step = 1e-3
+    numerical = (shift(flux, rv + step) - shift(flux, rv - step)) / (2 * step)
+    assert torch.allclose(derivative, numerical, atol=1e-6)
+
+
+def test_continuum_is_solved_exactly_per_segment():
+    wavelength = np.linspace(4000.0, 8000.0, 500)
+    basis = chebyshev_basis(wavelength, 2, segments=[6000.0])
+    assert basis.shape == (500, 6) and np.all(basis[wavelength >= 6000.0, :3] == 0)
+    basis_t = torch.tensor(basis)
+    model = torch.tensor(1.0 - 0.3 * np.exp(-0.5 * ((wavelength - 5000) / 5) ** 2))[None]
+    truth = torch.tensor([[2.0, 0.3, -0.1, 3.0, -0.2, 0.05]], dtype=torch.float64)
+    flux = model * (truth @ basis_t.T)
+    ivar = torch.ones_like(flux)
+    coefficients, continuum = solve_continuum(model, flux, ivar, basis_t)
+    assert torch.allclose(coefficients, truth, atol=1e-8)
+    templates = torch.cat([model, model**2])
+    chi2 = template_chi2(flux, ivar, basis_t, templates)
+    _, other = solve_continuum(templates[1:], flux, ivar, basis_t)
+    direct = ((flux - templates[1:] * other) ** 2).sum()
+    assert chi2[0, 0] < 1e-8 * (flux**2).sum() and torch.isclose(chi2[0, 1], direct, rtol=1e-5)
+    with pytest.raises(ValueError, match="holds no pixel"):
+        chebyshev_basis(wavelength, 2, segments=[9000.0])
+
+
+def _fit(emulator, labels, snr, rv, seed=0, **options):
+    flux, ivar = observe(emulator, labels, snr=snr, rv=rv, seed=seed)
+    fitter = LabelFitter.from_emulator(emulator, **options)
+    ids = [str(i) for i in range(len(labels))]
+    return fitter, fitter.fit(torch.tensor(flux), torch.tensor(ivar), ids)
+
+
+def test_noisy_emulator_spectra_come_back_to_their_labels(emulator):
+    labels = random_labels(emulator, 24, seed=3)
+    rv = np.random.default_rng(4).uniform(-250.0, 250.0, 24)
+    _, result = _fit(emulator, labels, snr=100.0, rv=rv)
+    assert np.all(result["converged"]) and np.all(result["flag"] == 0)
+    for k, name in enumerate(FEW_LABELS):
+        pull = (result[name] - labels[:, k]) / result[f"{name}_err"]
+        assert np.all(np.abs(pull) < 5.0), (name, pull)
+    assert np.abs(result["rv"] - rv).max() < 1.0  # km/s
+    assert np.abs(result["teff"] - labels[:, 0]).max() < 60.0  # K at S/N 100
+    assert np.abs(result["fe_h"] - labels[:, 3]).max() < 0.03  # dex
+    assert np.all(np.abs(result["chi2_red"] - 1.0) < 0.2)
+
+
+def test_fisher_errors_agree_with_scatter_of_noise_draws(emulator):
+    truth = random_labels(emulator, 1, seed=5)
+    labels = np.repeat(truth, 48, axis=0)
+    _, result = _fit(emulator, labels, snr=50.0, rv=np.full(48, 30.0), seed=7)
+    for k, name in enumerate(FEW_LABELS):
+        scatter = np.std(result[name] - truth[0, k])
+        error = np.median(result[f"{name}_err"])
+        assert 0.6 < scatter / error < 1.5, (name, scatter, error)
+    assert 0.6 < np.std(result["rv"]) / np.median(result["rv_err"]) < 1.5
+
+
+def test_labels_outside_the_grid_stop_on_the_bound_and_are_flagged(emulator):
+    labels = random_labels(emulator, 2, seed=6)
+    k = FEW_LABELS.index("mg_fe")
+    labels[0, k] = 0.55  # the grid ends at +0.4
+    _, result = _fit(emulator, labels, snr=200.0, rv=np.zeros(2))
+    assert result["mg_fe"][0] == pytest.approx(0.4, abs=1e-3)
+    assert result["flag"][0] & FLAG_BITS["AT_BOUNDARY"] and result["bound_mask"][0] == 1 << k
+    assert not result["flag"][1] & FLAG_BITS["AT_BOUNDARY"]
+
+
+def test_subset_of_labels_without_rv_and_cmaes_stage(emulator):
+    labels = random_labels(emulator, 4, seed=8)
+    fixed = emulator.unscale(torch.zeros(len(FEW_LABELS))).numpy()
+    labels[:, 4:] = fixed[4:]  # the labels held fixed are at their defaults ([X/Fe] = 0)
+    labels[:, 2] = fixed[2]
+    fitter, result = _fit(
+        emulator, labels, snr=100.0, rv=None, fit_labels=["teff", "logg", "fe_h"], fit_rv=False,
+        global_search="cmaes", cmaes_iterations=5, cmaes_popsize=8, return_model=True,
+    )  # fmt: skip
+    assert fitter.label_names == ("teff", "logg", "fe_h") and "mg_fe" not in result
+    assert np.all(np.abs(result["fe_h"] - labels[:, 3]) < 0.03)
+    assert np.all(np.isnan(result["rv_err"])) and np.all(result["rv"] == 0.0)
+    assert result["model_flux"].shape == (4, emulator.n_pixels)
+    assert np.all(np.isfinite(result["continuum"][:, 10:-10]))
+
+
+def test_posterior_samples_with_emcee(emulator, tmp_path):
+    labels = random_labels(emulator, 2, seed=9)
+    fitter, result = _fit(
+        emulator, labels, snr=50.0, rv=np.zeros(2), mcmc_ids=["1"], mcmc_walkers=24,
+        mcmc_steps=60, mcmc_dir=str(tmp_path),
+    )  # fmt: skip
+    assert not (tmp_path / "0.npz").exists()
+    chains = np.load(tmp_path / "1.npz")
+    assert chains["chain"].shape == (60, 24, len(FEW_LABELS) + 1)
+    assert list(chains["names"])[-1] == "rv"
+    k = FEW_LABELS.index("fe_h")
+    posterior = chains["chain"][30:, :, k]
+    assert abs(np.median(posterior) - result["fe_h"][1]) < 3 * result["fe_h_err"][1]
+
+
+@pytest.mark.parametrize("inference_mode", [False, True])
+def test_single_device_trainer_predict(emulator, inference_mode):
+    """Trainer.predict wraps predict_step in inference mode unless told not to (DESIGN §7)."""
+    labels = random_labels(emulator, 3, seed=10)
+    flux, ivar = observe(emulator, labels, snr=100.0, rv=np.zeros(3))
+    flux[1] = np.nan  # a malformed spectrum is flagged, the others fitted
+    datamodule = ObservedDataModule(ArraySpectra(emulator.wavelength, flux, ivar), batch_size=3)
+    trainer = Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, inference_mode=inference_mode,
+    )  # fmt: skip
+    (result,) = trainer.predict(LabelFitter.from_emulator(emulator), datamodule=datamodule)
+    assert list(result["flag"]) == [0, FLAG_BITS["BAD_INPUT"], 0]
+    assert "no usable pixel" in result["flag_reason"][1]
+    assert np.abs(result["teff"][[0, 2]] - labels[[0, 2], 0]).max() < 60.0
