@@ -26,6 +26,7 @@ TOP_CONFIGS = [path for path in ALL_CONFIGS if path not in LOGGER_CONFIGS]
 LIGHTNING_KEYS = {"model", "data", "trainer"}
 #: keys of a `fit`/`predict`... subcommand that `run=False` parsing does not know.
 SUBCOMMAND_KEYS = ("ckpt_path", "return_predictions", "verbose", "weights_only")
+OUTPUT_KEYS = {"output", "dirpath", "save_dir", "default_root_dir", "log_dir"}
 FILE_SUFFIXES = (".h5", ".hdf5", ".ckpt", ".pt", ".fits", ".fits.gz", ".csv", ".npz")
 
 
@@ -36,10 +37,11 @@ def _subcommand(path: Path) -> str:
 
 
 def _input_files(node, found: list[str]) -> list[str]:
-    """String values of a config that name input files (by suffix)."""
+    """String values of a config that name input files (by suffix; outputs by key excluded)."""
     if isinstance(node, dict):
-        for value in node.values():
-            _input_files(value, found)
+        for key, value in node.items():
+            if key not in OUTPUT_KEYS:
+                _input_files(value, found)
     elif isinstance(node, list):
         for value in node:
             _input_files(value, found)
