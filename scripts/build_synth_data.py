@@ -108,6 +108,7 @@ def build_atmospheres(roland: Path) -> dict[str, np.ndarray]:
     starts = np.concatenate([[0], np.cumsum(index["nlines"])])
     shape = (len(ALPHA_NODES), len(MH_NODES), len(TEFF_NODES), len(LOGG_NODES))
     grid = np.full(shape + (4, len(LOG_TAU)), np.nan, dtype=np.float64)
+    tau_deviation = np.full(shape, np.nan)
     for row, start in zip(index, starts[:-1]):
         teff, logg, mh, alpha = (float(row[k]) for k in ("teff", "logg", "metal", "alpha"))
         try:
@@ -130,17 +131,17 @@ def build_atmospheres(roland: Path) -> dict[str, np.ndarray]:
             [[float(s[a:b]) for a, b in cols] for s in block[head + 1 : head + 1 + ndepth]]
         )
         rhox, temp, pgas, xne, abross = deck.T
-        tau = np.concatenate(
-            [
-                [rhox[0] * abross[0]],
-                rhox[0] * abross[0] + np.cumsum(0.5 * (abross[1:] + abross[:-1]) * np.diff(rhox)),
-            ]
+        # ATLAS9 converges every model on the fixed Rosseland scale log tau = -6.875 + 0.125 i,
+        # which the deck does not store; integrating ABROSS d RHOX (trapezoid) must reproduce it.
+        tau = rhox[0] * abross[0] + np.concatenate(
+            [[0.0], np.cumsum(0.5 * (abross[1:] + abross[:-1]) * np.diff(rhox))]
         )
-        if not (np.all(np.diff(tau) > 0) and np.all(deck > 0)):
-            print(f"skipping model {row['filename']} {teff} {logg}: non-monotonic tau or P <= 0")
+        if ndepth != LOG_TAU.size or not (np.all(np.diff(tau) > 0) and np.all(deck > 0)):
+            print(f"skipping model {row['filename']} {teff} {logg}: bad depth structure")
             continue
-        lt = np.log10(tau)
-        grid[key] = [np.interp(LOG_TAU, lt, np.log10(q)) for q in (temp, pgas, xne, rhox)]
+        # a large deviation marks a poorly converged model (some cool ones): kept, but flagged
+        tau_deviation[key] = np.abs(np.log10(tau[1:]) - LOG_TAU[1:]).max()
+        grid[key] = np.log10(np.stack([temp, pgas, xne, rhox]))
     present = np.isfinite(grid[..., 0, 0])
     # Interior holes (a node missing or unusable while both logg neighbours exist) are filled by
     # linear interpolation in logg and flagged, so that multilinear interpolation stays defined.
@@ -155,6 +156,12 @@ def build_atmospheres(roland: Path) -> dict[str, np.ndarray]:
                 f"logg={LOGG_NODES[g]} from its logg neighbours"
             )
     present |= filled
+    for idx in zip(*np.nonzero(tau_deviation > 0.05)):
+        a, m, t, g = idx
+        print(
+            f"flagged alpha={ALPHA_NODES[a]} m_h={MH_NODES[m]} teff={TEFF_NODES[t]} "
+            f"logg={LOGG_NODES[g]}: integrated tau_R {tau_deviation[idx]:.3f} dex off the scale"
+        )
     print(f"atmospheres: {present.sum()} models of {present.size} nodes")
     return {
         "teff": TEFF_NODES,
@@ -166,6 +173,7 @@ def build_atmospheres(roland: Path) -> dict[str, np.ndarray]:
         "models": grid.astype(np.float32),
         "present": present,
         "filled": filled,
+        "tau_deviation": tau_deviation.astype(np.float32),
     }
 
 

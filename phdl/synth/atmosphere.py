@@ -65,6 +65,7 @@ class KuruczGrid:
         models: np.ndarray,
         present: np.ndarray,
         filled: np.ndarray | None = None,
+        tau_deviation: np.ndarray | None = None,
     ) -> None:
         """Wrap arrays: models (n_alpha, n_mh, n_teff, n_logg, 4, D), present (n_alpha, ..., n_logg)."""
         self.nodes = {k: torch.as_tensor(np.asarray(nodes[k], dtype=np.float64)) for k in LABELS}
@@ -77,6 +78,13 @@ class KuruczGrid:
         self.filled = torch.as_tensor(
             np.zeros_like(present) if filled is None else np.asarray(filled).transpose(2, 3, 1, 0)
         )
+        #: max |log10 tau_R(integrated ABROSS dRHOX) - standard scale| per node [dex]; > 0.05
+        #: marks a poorly converged ATLAS9 model (a few at 3500-3750 K), NaN where absent
+        self.tau_deviation = torch.as_tensor(
+            np.full(present.shape, np.nan)
+            if tau_deviation is None
+            else np.asarray(tau_deviation, dtype=np.float64).transpose(2, 3, 1, 0)
+        )
 
     @classmethod
     def load(cls, path: str | Path = GRID_FILE) -> KuruczGrid:
@@ -86,13 +94,20 @@ class KuruczGrid:
             raise FileNotFoundError(f"{path}: Kurucz grid missing; run scripts/build_synth_data.py")
         with np.load(path) as d:
             nodes = {"teff": d["teff"], "logg": d["logg"], "m_h": d["m_h"], "alpha_m": d["alpha_m"]}
-            return cls(nodes, d["log_tau_ross"], d["models"], d["present"], d.get("filled"))
+            return cls(
+                nodes,
+                d["log_tau_ross"],
+                d["models"],
+                d["present"],
+                d.get("filled"),
+                d.get("tau_deviation"),
+            )
 
     def to(self, device: torch.device | str) -> KuruczGrid:
         """This grid with its tensors on `device`."""
         new = object.__new__(KuruczGrid)
         new.nodes = {k: v.to(device) for k, v in self.nodes.items()}
-        for name in ("log_tau_ross", "models", "present", "filled"):
+        for name in ("log_tau_ross", "models", "present", "filled", "tau_deviation"):
             setattr(new, name, getattr(self, name).to(device))
         return new
 
