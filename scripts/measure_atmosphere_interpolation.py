@@ -16,10 +16,25 @@ from phdl.synth.atmosphere import KuruczGrid
 AXES = {"teff": 0, "logg": 1, "m_h": 2}
 
 
-def leave_one_out(grid: KuruczGrid, axis: str, tau_range=(-5.0, 1.0)) -> dict[str, np.ndarray]:
-    """|dT| [K], |dlog P|, |dlog Ne| [dex] per interior node whose two neighbours exist."""
+def leave_one_out(
+    grid: KuruczGrid,
+    axis: str,
+    tau_range: tuple[float, float] = (-5.0, 1.0),
+    teff_range: tuple[float, float] = (3500.0, 8000.0),
+) -> dict[str, np.ndarray]:
+    """|dT| [K], |dlog P|, |dlog Ne| [dex] per interior node whose two neighbours exist.
+
+    Filled holes and the few poorly converged models (tau_deviation > 0.05 dex) take no part.
+    """
     models = grid.models.numpy()  # (teff, logg, m_h, alpha, 4, D) in log10
-    present = grid.present.numpy() & ~grid.filled.numpy()
+    teff = grid.nodes["teff"].numpy()
+    in_teff = (teff >= teff_range[0]) & (teff <= teff_range[1])
+    present = (
+        grid.present.numpy()
+        & ~grid.filled.numpy()
+        & ~(grid.tau_deviation.numpy() > 0.05)
+        & in_teff[:, None, None, None]
+    )
     depth = (grid.log_tau_ross.numpy() >= tau_range[0]) & (
         grid.log_tau_ross.numpy() <= tau_range[1]
     )
@@ -62,14 +77,25 @@ def solar_neighbourhood(grid: KuruczGrid) -> dict[str, float]:
 def main() -> None:
     """Print the leave-one-out table."""
     grid = KuruczGrid.load()
-    print("axis   n     max|dT| K  p95|dT| K  max|dlogP|  p95|dlogP|  max|dlogNe|  p95|dlogNe|")
-    for axis in AXES:
-        r = leave_one_out(grid, axis)
-        print(
-            f"{axis:5s} {int(r['n']):5d} {r['dT'].max():10.1f} {np.percentile(r['dT'], 95):10.1f}"
-            f" {r['dlogP'].max():11.3f} {np.percentile(r['dlogP'], 95):11.3f}"
-            f" {r['dlogNe'].max():12.3f} {np.percentile(r['dlogNe'], 95):12.3f}"
-        )
+    print(
+        "| Teff range | log tau_R | axis | n | |dT| K max / p95 / median | |dlog P| max / p95 / median"
+        " | |dlog Ne| max / p95 / median |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for teff_range in ((3500.0, 8000.0), (4500.0, 7000.0)):
+        for tau_range in ((-5.0, 1.0), (-3.0, 0.0)):
+            for axis in AXES:
+                r = leave_one_out(grid, axis, tau_range, teff_range)
+                cells = [
+                    " / ".join(
+                        f"{v:{fmt}}" for v in (r[k].max(), np.percentile(r[k], 95), np.median(r[k]))
+                    )
+                    for k, fmt in (("dT", ".0f"), ("dlogP", ".3f"), ("dlogNe", ".3f"))
+                ]
+                print(
+                    f"| {teff_range[0]:.0f}-{teff_range[1]:.0f} | {tau_range[0]:g}..{tau_range[1]:g}"
+                    f" | {axis} | {int(r['n'])} | " + " | ".join(cells) + " |"
+                )
     for axis, (dt, dp, dne) in solar_neighbourhood(grid).items():
         print(
             f"5750/4.5/0.0 from {axis} neighbours: |dT| {dt:.1f} K, |dlogP| {dp:.4f}, "
