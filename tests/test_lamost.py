@@ -252,13 +252,18 @@ def test_specutils_roundtrip(tmp_path, model):
     specutils = pytest.importorskip("specutils")
     from phdl.data.lamost import register_specutils_loader
 
-    path = write_mock_lamost(tmp_path / "s.fits", *model, layout="dr9-table")
+    spectrum_class = getattr(specutils, "Spectrum", None) or specutils.Spectrum1D
     assert register_specutils_loader()
-    spectrum1d = specutils.Spectrum1D.read(path, format="lamost-lrs")
-    back = from_specutils(spectrum1d)
-    direct = read_lamost(path)
-    np.testing.assert_allclose(back.wavelength, direct.wavelength)
-    np.testing.assert_allclose(back.ivar, direct.ivar)
+    for layout in ("dr1-image", "dr9-table"):
+        path = write_mock_lamost(tmp_path / f"{layout}.fits.gz", *model, layout=layout)
+        spectrum = spectrum_class.read(path, format="lamost-lrs")
+        back = from_specutils(spectrum)
+        direct = read_lamost(path)
+        assert back.id == direct.id and back.meta["layout"] == layout
+        np.testing.assert_allclose(back.wavelength, direct.wavelength)
+        np.testing.assert_allclose(back.ivar, direct.ivar)
+        np.testing.assert_array_equal(back.mask, direct.mask)
+        assert from_specutils(spectrum_class.read(path)).id == direct.id  # format identified
 
 
 @needs_reference

@@ -459,7 +459,7 @@ def from_specutils(spectrum, id: str | None = None) -> ObservedSpectrum:  # noqa
 
 
 def register_specutils_loader() -> bool:
-    """Register `Spectrum1D.read(path, format="lamost-lrs")` when specutils is installed.
+    """Register `Spectrum.read(path, format="lamost-lrs")` when specutils is installed.
 
     Returns True if registered. The loader reads through `read_lamost` (any layout) and returns
     flux with ivar uncertainty and the bad-pixel mask, wavelength in vacuum Angstrom.
@@ -467,8 +467,12 @@ def register_specutils_loader() -> bool:
     try:
         import astropy.units as u
         from astropy.nddata import InverseVariance
-        from specutils import Spectrum1D
         from specutils.io.registers import data_loader
+
+        try:
+            from specutils import Spectrum  # specutils >= 2
+        except ImportError:
+            from specutils import Spectrum1D as Spectrum
     except ImportError:
         return False
 
@@ -483,10 +487,22 @@ def register_specutils_loader() -> bool:
             return False
         return True
 
-    @data_loader("lamost-lrs", identifier=_identify, extensions=["fits", "fit", "gz"], force=True)
-    def _load(path, **kwargs):
-        spectrum = read_lamost(path, **kwargs)
-        return Spectrum1D(
+    @data_loader(
+        "lamost-lrs",
+        identifier=_identify,
+        dtype=Spectrum,
+        extensions=["fits", "fit", "gz"],
+        force=True,
+        priority=10,
+    )
+    def _load(file, **kwargs):
+        if isinstance(file, (str, Path)):
+            spectrum = read_lamost(file, **kwargs)
+        else:  # astropy's registry hands over an open (e.g. gzip) file object
+            name = getattr(file, "name", "<file>")
+            with fits.open(file, memmap=False) as hdul:
+                spectrum = spectrum_from_hdul(hdul, name, **kwargs)
+        return Spectrum(
             flux=spectrum.flux * u.dimensionless_unscaled,
             spectral_axis=spectrum.wavelength * u.AA,
             uncertainty=InverseVariance(spectrum.ivar),
