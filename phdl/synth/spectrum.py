@@ -310,28 +310,56 @@ class Synthesizer:
         plan: LinePlan | None = None,
         return_fine: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalised flux (P,) at `wavelength` and gradient spectra (K, P) per unit label."""
+        """Normalised flux (P,) at `wavelength` and gradient spectra (K, P) per unit label.
+
+        With `return_fine`, the unconvolved flux and gradients on the internal fine grid.
+        """
         theta = self.label_tensor(labels).detach()
-        cfg = self.config
         with torch.no_grad():
             state = self.state(theta)
         plan = plan if plan is not None else self.plan(theta, state)
         kappa_line = self.line_opacity(state, plan)
         cont = self._continuum(self.continuum_grid, state)
         hyd = hydrogen_opacity(self.hydrogen_grid, state)
-        n_fine = self.fine.shape[0]
         if not gradients:
-            flux = torch.empty(n_fine, dtype=cfg.dtype)
             with torch.no_grad():
-                for start in range(0, n_fine, cfg.chunk):
-                    stop = min(start + cfg.chunk, n_fine)
-                    flux[start:stop] = self._chunk_flux(start, stop, state, cont, hyd, kappa_line)[0]
-            out = self._kernel @ flux[:, None]
-            return (out[:, 0], None) if not return_fine else (flux, None)
+                flux = self._line_flux_all(state, cont, hyd, kappa_line)
+                flux = flux / self._interp_all(self._continuum_flux(state, cont)[0])
+            if return_fine:
+                return flux, None
+            return (self._kernel @ flux[:, None])[:, 0], None
         return self._synthesize_with_gradients(theta, state, plan, kappa_line, cont, hyd, return_fine)
 
+    def _interp_all(self, coarse: torch.Tensor) -> torch.Tensor:
+        return self._interp(coarse, self.config.continuum_stride, 0, self.fine.shape[0])
+
+    def _source(self, lam: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        """Planck function up to a wavelength-only factor (cancels in the normalised flux)."""
+        return 1.0 / torch.expm1(HC_OVER_K_ANGSTROM / (lam[:, None] * temperature))
+
+    def _continuum_flux(self, state, cont, leaves: bool = False):
+        """Continuum flux on the continuum grid (smooth: interpolated to the fine grid)."""
+        shape = cont.shape
+        tensors = [
+            cont, state["rho"].expand(shape), state["column_mass"].expand(shape),
+            state["temperature"].expand(shape),
+        ]
+        if leaves:
+            tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
+        kc, rho, mass, temp = tensors
+        tau = optical_depth(kc / rho, mass)
+        return emergent_flux(tau, self._source(self.continuum_grid, temp)), tensors
+
+    def _line_flux_all(self, state, cont, hyd, kappa_line) -> torch.Tensor:
+        n_fine = self.fine.shape[0]
+        flux = torch.empty(n_fine, dtype=self.config.dtype)
+        for start in range(0, n_fine, self.config.chunk):
+            stop = min(start + self.config.chunk, n_fine)
+            flux[start:stop] = self._chunk_flux(start, stop, state, cont, hyd, kappa_line)[0]
+        return flux
+
     def _chunk_flux(self, start, stop, state, cont, hyd, kappa_line, leaves: bool = False):
-        """Normalised flux at fine pixels start..stop-1 (optionally from gradient leaves)."""
+        """Absolute (unnormalised) flux at fine pixels start..stop-1, optionally from leaves."""
         cfg = self.config
         kc = self._interp(cont, cfg.continuum_stride, start, stop)
         kh = self._interp(hyd, cfg.hydrogen_stride, start, stop)
@@ -340,16 +368,12 @@ class Synthesizer:
         rho = state["rho"].expand(shape)
         mass = state["column_mass"].expand(shape)
         temp = state["temperature"].expand(shape)
-        tensors = [kc, kh, kl, rho, mass, temp]
+        tensors = [kc + kh + kl, kh, kl, rho, mass, temp]
         if leaves:
             tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
-        kc, kh, kl, rho, mass, temp = tensors
-        lam = self.fine[start:stop][:, None]
-        source = 1.0 / torch.expm1(HC_OVER_K_ANGSTROM / (lam * temp))
-        total = optical_depth((kc + kh + kl) / rho, mass)
-        continuum = optical_depth(kc / rho, mass)
-        flux = emergent_flux(total, source) / emergent_flux(continuum, source)
-        return flux, tensors
+        total, kh, kl, rho, mass, temp = tensors
+        tau = optical_depth(total / rho, mass)
+        return emergent_flux(tau, self._source(self.fine[start:stop], temp)), tensors
 
     def _state_partials(self, fn, grid, state, keys) -> dict[tuple[str, int], torch.Tensor]:
         """d fn(grid, state)(lambda, d) / d state[key][row, d] (diagonal in depth), per key/row."""
@@ -386,31 +410,45 @@ class Synthesizer:
                 return t[None, :].expand(n_depth, k_labels)
             return t[row] if t.dim() == 3 else t
 
+        structure = [tangent_of("rho", 0), tangent_of("column_mass", 0), tangent_of("temperature", 0)]
+        cont_tangents = torch.stack(structure + [tangent_of(*key) for key in cont_partials])
+        hyd_tangents = torch.stack([tangent_of(*key) for key in hyd_partials])
+
+        # continuum flux and its gradients on the continuum grid
+        with torch.enable_grad():
+            fc, (kc, rho, mass, temp) = self._continuum_flux(state, cont, leaves=True)
+            fc.sum().backward()
+        sens = [rho.grad, mass.grad, temp.grad] + [kc.grad * p for p in cont_partials.values()]
+        dfc = torch.einsum("qcd,qdk->ck", torch.stack(sens), cont_tangents)
+        fc_fine = self._interp_all(fc.detach())
+        dfc_fine = self._interp_all(dfc)
+
         flux = torch.empty(n_fine, dtype=cfg.dtype)
         dflux = torch.zeros(n_fine, k_labels, dtype=cfg.dtype)
         g_line = torch.empty(n_fine, n_depth, dtype=cfg.dtype)
         for start in range(0, n_fine, cfg.chunk):
             stop = min(start + cfg.chunk, n_fine)
             with torch.enable_grad():
-                f, (kc, kh, kl, rho, mass, temp) = self._chunk_flux(
+                f, (total, kh, kl, rho, mass, temp) = self._chunk_flux(
                     start, stop, state, cont, hyd, kappa_line, leaves=True
                 )
                 f.sum().backward()
             flux[start:stop] = f.detach()
-            g_line[start:stop] = kl.grad
-            sens = [rho.grad, mass.grad, temp.grad]
-            tans = [tangent_of("rho", 0), tangent_of("column_mass", 0), tangent_of("temperature", 0)]
-            for (key, row), part in cont_partials.items():
-                sens.append(kc.grad * self._interp(part, cfg.continuum_stride, start, stop))
-                tans.append(tangent_of(key, row))
-            for (key, row), part in hyd_partials.items():
-                sens.append(kh.grad * self._interp(part, cfg.hydrogen_stride, start, stop))
-                tans.append(tangent_of(key, row))
-            dflux[start:stop] += torch.einsum("qld,qdk->lk", torch.stack(sens), torch.stack(tans))
+            g = total.grad  # d F / d kappa for every opacity source
+            g_line[start:stop] = g
+            sens = [rho.grad, mass.grad, temp.grad] + [
+                g * self._interp(p, cfg.continuum_stride, start, stop) for p in cont_partials.values()
+            ]
+            dflux[start:stop] += torch.einsum("qld,qdk->lk", torch.stack(sens), cont_tangents)
+            sens = [g * self._interp(p, cfg.hydrogen_stride, start, stop) for p in hyd_partials.values()]
+            dflux[start:stop] += torch.einsum("qld,qdk->lk", torch.stack(sens), hyd_tangents)
         self._line_gradients(state, jac, plan, g_line, dflux)
+        # normalise: f = F / Fc  =>  df = dF / Fc - F dFc / Fc^2
+        norm = flux / fc_fine
+        dnorm = dflux / fc_fine[:, None] - (norm / fc_fine)[:, None] * dfc_fine
         if return_fine:
-            return flux, dflux.T
-        out = self._kernel @ torch.cat([flux[:, None], dflux], dim=1)
+            return norm, dnorm.T
+        out = self._kernel @ torch.cat([norm[:, None], dnorm], dim=1)
         return out[:, 0], out[:, 1:].T.contiguous()
 
     def _line_gradients(self, state, jac, plan, g_line, dflux) -> None:
