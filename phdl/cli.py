@@ -89,3 +89,12 @@ def main(args: Sequence[str] | None = None) -> object:
         return lightning_cli(argv)
     sys.stderr.write(f"phdl: unknown command '{command}'\n" + _usage())
     raise SystemExit(2)
+
+
+def console() -> None:
+    """The `phdl` console script: like `main`, but returns nothing (exit status 0 on success).
+
+    Console scripts pass the return value to `sys.exit`, which would print a returned object
+    (e.g. a report summary) and exit with status 1.
+    """
+    main()
