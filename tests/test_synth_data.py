@@ -90,6 +90,12 @@ def test_batched_interpolation_matches_single_calls(grid: KuruczGrid) -> None:
     logg = torch.tensor([2.1, 4.2])
     batch = grid.interpolate(teff, logg, torch.tensor(-0.7), torch.tensor(0.3))
     assert isinstance(batch, Atmosphere) and batch.temperature.shape == (2, 72)
+    assert set(batch.as_dict()) >= {
+        "temperature",
+        "gas_pressure",
+        "electron_density",
+        "column_mass",
+    }
     assert batch.temperature.dtype == torch.float32
     for k in range(2):
         one = grid.interpolate(float(teff[k]), float(logg[k]), -0.7, 0.3)
@@ -125,8 +131,8 @@ def test_partition_functions_match_known_values() -> None:
     temp = torch.tensor(5500.0, dtype=torch.float64, requires_grad=True)
     atomic.partition_function(26.0, temp).backward()
     assert torch.isfinite(temp.grad) and float(temp.grad) > 0
-    with pytest.raises(ValueError, match="atoms only"):
-        atomic.partition_function(106.0, 5000.0)
+    with pytest.raises(ValueError, match="stages 0, 1, 2"):
+        atomic.partition_function(26.3, 5000.0)
 
 
 def test_abundances_masses_ionisation_and_symbols() -> None:
@@ -152,6 +158,26 @@ def test_molecular_constants_follow_moog() -> None:
     for code in (101, 106, 108, 112, 606, 607, 608, 707, 822):
         kp = atomic.molecular_log10_kp(code, torch.tensor([3000.0, 5000.0, 8000.0]))
         assert torch.all(torch.diff(kp) > 0), code  # molecules dissociate as T rises
+
+
+@pytest.mark.parametrize(
+    ("code", "mu"), [(106, 12 * 1.007825 / 13.007825), (607, 12 * 14.003074 / 26.003074)]
+)
+def test_molecular_partition_function_reproduces_moog_line_populations(
+    code: int, mu: float
+) -> None:
+    """n_AB / U_AB from the K_p equilibrium equals MOOG's Nearly.f population factor."""
+    t = torch.tensor([4000.0, 5500.0], dtype=torch.float64)
+    theta = 5040.0 / t
+    (za, zb), _ = atomic.parse_species(float(code))
+    u_a, u_b = atomic.partition_function(float(za), t), atomic.partition_function(float(zb), t)
+    moog = 1.38054e-16 * t * 10 ** (atomic.LINELIST_D0_EV[code] * theta - 13.670) * theta**2.5
+    moog = moog / (mu**1.5 * u_a * u_b)
+    ours = (
+        1.380649e-16 * t / atomic.molecular_kp(code, t) / atomic.partition_function(float(code), t)
+    )
+    assert torch.allclose(ours, moog, rtol=1e-3)
+    assert torch.all(atomic.partition_function(float(code), t) > 100)
 
 
 # --------------------------------------------------------------------------- line list
@@ -183,6 +209,9 @@ def test_strong_lines_have_barklem_damping(lines: LineList) -> None:
         assert abs(lines.wavelength_air[k] - w_air) < 1e-3 and lines.species[k] == species
         assert not lines.flags[k] & FLAG_VDW_UNSOLD
         assert -8.0 < lines.log_gamma_vdw[k] < -7.0 and 0.2 < lines.vdw_alpha[k] < 0.3
+    k = int(np.argmin(np.abs(lines.wavelength_air - 5183.604)))
+    assert lines.vdw_sigma[k] / 2.8003e-17 == pytest.approx(729.0, abs=2.0)  # Barklem et al. 2000
+    assert np.all(lines.vdw_sigma[lines.flags & FLAG_VDW_UNSOLD > 0] == 0)
 
 
 def test_select_and_strength_cut(lines: LineList) -> None:

@@ -39,6 +39,10 @@ class Atmosphere:
         """Number of depth points D."""
         return self.log_tau_ross.shape[-1]
 
+    def as_dict(self) -> dict[str, Tensor]:
+        """The fields as a plain dict (a torch.func pytree), keyed by field name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
     def depth_slice(self, start: int, stop: int) -> Atmosphere:
         """The depth points start:stop of every field (e.g. to drop the outermost layers)."""
         return Atmosphere(**{f.name: getattr(self, f.name)[..., start:stop] for f in fields(self)})

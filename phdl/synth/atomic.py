@@ -127,13 +127,14 @@ def _as_float_tensor(temperature: Tensor | float) -> Tensor:
 
 
 def log10_partition_function(species: float, temperature: Tensor | float) -> Tensor:
-    """log10 U(T) of an atomic species (e.g. 26.0), differentiable in temperature [K]."""
+    """log10 U(T) of a species (26.0 = Fe I, 607.0 = CN), differentiable in temperature [K].
+
+    Atoms: the tabulated MOOG values. Molecules: the partition function implied by MOOG's K_p
+    (see `molecular_log10_partition_function`).
+    """
     atoms, stage = parse_species(species)
     if len(atoms) != 1:
-        raise ValueError(
-            f"partition functions are tabulated for atoms only, got species {species}; "
-            "use molecular_log10_kp for molecules"
-        )
+        return molecular_log10_partition_function(species, temperature)
     if stage > 2:
         raise ValueError(f"species {species}: only stages 0, 1, 2 are tabulated")
     z = _check_z(atoms[0])
@@ -148,8 +149,45 @@ def log10_partition_function(species: float, temperature: Tensor | float) -> Ten
 
 
 def partition_function(species: float, temperature: Tensor | float) -> Tensor:
-    """U(T) of an atomic species code (26.0 = Fe I, 26.1 = Fe II), differentiable in T [K]."""
+    """U(T) of a species code (26.0 = Fe I, 26.1 = Fe II, 106.0 = CH), differentiable in T [K]."""
     return 10.0 ** log10_partition_function(species, temperature)
+
+
+#: D0 [eV] the linemake molecular lists carry (MOOG uses these, not Bmolec.f's, for line
+#: populations; Nearly.f). Bmolec.f has CH 3.465, MgH 1.34, C2 6.21, CN 7.76.
+LINELIST_D0_EV: dict[int, float] = {106: 3.464, 112: 1.34, 606: 6.24, 607: 7.724}
+#: Main isotopes' masses [amu] for the molecular reduced masses (1H, 12C, 14N, 16O, 24Mg, 48Ti).
+_MAIN_ISOTOPE_AMU = {1: 1.007825, 6: 12.0, 7: 14.003074, 8: 15.994915, 12: 23.985042, 22: 47.947946}
+_K_B = 1.380649e-16  # erg/K
+_H = 6.62607015e-27  # erg s
+_AMU_G = 1.66053907e-24
+
+
+def molecular_log10_partition_function(code: float, temperature: Tensor | float) -> Tensor:
+    """log10 U(T) of a molecule as implied by MOOG's K_p, so that MOOG's line populations follow.
+
+    From K_p = (kT)^(n-1) (2 pi k T / h^2)^(3/2 (n-1)) (prod m_i / M)^(3/2) prod U_i
+    exp(-D0/kT) / U_mol with the neutral atoms' U_i and the main isotopologue's masses. With
+    D0 = LINELIST_D0_EV for CH, MgH, C2, CN, n_mol / U_mol from the K_p equilibrium equals MOOG's
+    molecular-line population (Nearly.f) exactly; for other molecules D0 cancels against K_p.
+    """
+    atoms = MOLECULES[int(code)][0] if int(code) in MOLECULES else parse_species(code)[0]
+    t = _as_float_tensor(temperature)
+    row = _molecule_row(code)
+    d0 = LINELIST_D0_EV.get(int(code), float(_tables()["molecule_d0_ev"][row]))
+    masses = [_MAIN_ISOTOPE_AMU.get(z, atomic_mass(z)) for z in atoms]
+    mass_ratio = float(np.prod(masses) / np.sum(masses)) * _AMU_G ** (len(atoms) - 1)
+    n_bonds = len(atoms) - 1
+    log_translational = 1.5 * torch.log10(2.0 * math.pi * _K_B * t / _H**2) * n_bonds
+    log_u_atoms = sum(log10_partition_function(float(z), t) for z in atoms)
+    return (
+        n_bonds * torch.log10(_K_B * t)
+        + log_translational
+        + 1.5 * math.log10(mass_ratio)
+        + log_u_atoms
+        - d0 * 5040.0 / t
+        - molecular_log10_kp(code, t)
+    )
 
 
 def _molecule_row(code: float) -> int:
@@ -166,6 +204,11 @@ def _molecule_row(code: float) -> int:
 def dissociation_energy(code: float) -> float:
     """Dissociation energy D0 [eV] of a molecule (MOOG's Bmolec.f)."""
     return float(_tables()["molecule_d0_ev"][_molecule_row(code)])
+
+
+def molecular_kp(code: float, temperature: Tensor | float) -> Tensor:
+    """K_p(T) = prod p(atoms) / p(molecule) [dyn cm^-2 per bond] (10 ** molecular_log10_kp)."""
+    return 10.0 ** molecular_log10_kp(code, temperature)
 
 
 def molecular_log10_kp(code: float, temperature: Tensor | float) -> Tensor:
