@@ -85,6 +85,29 @@ def test_autograd_flows_through_every_label(grid: KuruczGrid) -> None:
     assert float(labels[2].grad) != 0.0 and float(labels[3].grad) != 0.0
 
 
+def test_cubic_is_exact_at_nodes_and_has_continuous_derivatives(grid: KuruczGrid) -> None:
+    node = grid.node(5750.0, 4.5, 0.0, 0.0)
+    cubic = grid.interpolate(5750.0, 4.5, 0.0, 0.0, method="cubic")
+    assert torch.allclose(cubic.temperature, node.temperature, rtol=1e-12, atol=0)
+    slopes = {}
+    for method in ("linear", "cubic"):
+        for side in (-1e-3, 1e-3):
+            teff = torch.tensor(5750.0 + side, dtype=torch.float64, requires_grad=True)
+            atm = grid.interpolate(teff, 4.5, 0.0, 0.0, method=method)
+            (slopes[method, side],) = torch.autograd.grad(atm.temperature[45], teff)
+    assert abs(float(slopes["cubic", -1e-3] - slopes["cubic", 1e-3])) < 1e-5
+    assert abs(float(slopes["linear", -1e-3] - slopes["linear", 1e-3])) > 1e-3
+    # between nodes the two schemes agree to the leave-one-out level; the hot corner falls back
+    mid_l = grid.interpolate(5625.0, 4.25, -0.25, 0.2)
+    mid_c = grid.interpolate(5625.0, 4.25, -0.25, 0.2, method="cubic")
+    assert float((mid_l.temperature - mid_c.temperature)[15:64].abs().max()) < 30.0
+    hot_l = grid.interpolate(7800.0, 1.2, 0.0, 0.0)
+    hot_c = grid.interpolate(7800.0, 1.2, 0.0, 0.0, method="cubic")
+    assert torch.equal(hot_l.temperature, hot_c.temperature)
+    with pytest.raises(ValueError, match="method must be"):
+        grid.interpolate(5000.0, 4.0, 0.0, 0.0, method="spline")
+
+
 def test_batched_interpolation_matches_single_calls(grid: KuruczGrid) -> None:
     teff = torch.tensor([4321.0, 6543.0])
     logg = torch.tensor([2.1, 4.2])

@@ -5,7 +5,7 @@ node (Teff, logg, [M/H], [alpha/M]) and each of 72 depths on the common Rosselan
 log10 tau_R = -6.875 ... +2.0 (step 0.125), the log10 of temperature, gas pressure, electron number
 density and column mass. `KuruczGrid.interpolate` is multilinear in (Teff, logg, [M/H], [alpha/M])
 of those logarithms at fixed log tau_R, so autograd gives d(atmosphere)/d(label); derivatives are
-piecewise constant between nodes (use finite differences across a node if that matters).
+piecewise constant between nodes; method="cubic" (Catmull-Rom) makes them continuous.
 """
 
 from __future__ import annotations
@@ -147,13 +147,20 @@ class KuruczGrid:
         logg: Tensor | float,
         m_h: Tensor | float,
         alpha_m: Tensor | float = 0.0,
+        method: str = "linear",
     ) -> Atmosphere:
-        """Multilinear interpolation in (Teff [K], logg, [M/H], [alpha/M]) at fixed log tau_R.
+        """Interpolate in (Teff [K], logg, [M/H], [alpha/M]) at fixed log tau_R.
 
         Inputs are scalars or tensors that broadcast to a batch shape B; outputs are (*B, D).
-        Gradients flow to every tensor input. Raises ValueError outside the grid or where a
-        needed neighbouring model is missing (hot, low-gravity corner).
+        Gradients flow to every tensor input. method="linear": multilinear (16 models, piecewise
+        constant derivatives). method="cubic": Catmull-Rom in Teff, logg, [M/H] and linear in
+        [alpha/M] (128 models, continuous derivatives, exact at nodes); at the grid edges the
+        missing outer node is extrapolated linearly, and where the stencil meets a missing model
+        the linear result is used. Raises ValueError outside the grid or where a needed
+        neighbouring model is missing (hot, low-gravity corner).
         """
+        if method not in ("linear", "cubic"):
+            raise ValueError(f"method must be 'linear' or 'cubic', got {method!r}")
         device = self.models.device
         raw = [
             x.to(device)
@@ -166,7 +173,17 @@ class KuruczGrid:
         xs = torch.broadcast_tensors(*[r.to(torch.float64) for r in raw])
         batch_shape = xs[0].shape
         xs = [x.reshape(-1) for x in xs]
-        lower, weights = [], []
+        lower, fractions = self._locate(xs)
+        total = self._multilinear(xs, lower, fractions)
+        if method == "cubic":
+            cubic, usable = self._catmull_rom(lower, fractions)
+            total = torch.where(usable[:, None, None], cubic, total)
+        total = total.reshape(*batch_shape, *total.shape[-2:]).to(out_dtype)
+        return self._assemble(total)
+
+    def _locate(self, xs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per label: the lower node index of each sample's cell and its fraction in [0, 1]."""
+        lower, fractions = [], []
         for name, x in zip(LABELS, xs):
             nodes = self.nodes[name]
             lo, hi = float(nodes[0]), float(nodes[-1])
@@ -182,15 +199,20 @@ class KuruczGrid:
                 0,
                 len(nodes) - 2,
             )
-            w = (x - nodes[i]) / (nodes[i + 1] - nodes[i])
             lower.append(i)
-            weights.append(w)
+            fractions.append((x - nodes[i]) / (nodes[i + 1] - nodes[i]))
+        return lower, fractions
+
+    def _multilinear(
+        self, xs: list[Tensor], lower: list[Tensor], fractions: list[Tensor]
+    ) -> Tensor:
+        """Sum over the 16 cell corners of weight x log-model, shape (N, 4, D)."""
         total = 0.0
         for corner in range(16):
             bits = [(corner >> k) & 1 for k in range(4)]
             idx = tuple(i + b for i, b in zip(lower, bits))
             w = torch.ones_like(xs[0])
-            for wk, b in zip(weights, bits):
+            for wk, b in zip(fractions, bits):
                 w = w * (wk if b else 1.0 - wk)
             missing = ~self.present[idx] & (w.detach() > 0)
             if bool(missing.any()):
@@ -203,8 +225,42 @@ class KuruczGrid:
                     f"high Teff)"
                 )
             total = total + w[:, None, None] * self.models[idx]
-        total = total.reshape(*batch_shape, *total.shape[-2:]).to(out_dtype)
-        return self._assemble(total)
+        return total
+
+    def _catmull_rom(self, lower: list[Tensor], fractions: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Tensor-product Catmull-Rom (linear in alpha): (N, 4, D) result and a usable mask (N,)."""
+        taps, tap_weights = [], []
+        for name, i, t in zip(LABELS[:3], lower[:3], fractions[:3]):
+            n = len(self.nodes[name])
+            w = [
+                0.5 * (-(t**3) + 2 * t**2 - t),
+                0.5 * (3 * t**3 - 5 * t**2 + 2),
+                0.5 * (-3 * t**3 + 4 * t**2 + t),
+                0.5 * (t**3 - t**2),
+            ]
+            # Outside the grid, f(i-1) = 2 f(i) - f(i+1) and f(i+2) = 2 f(i+1) - f(i).
+            left, right = i == 0, i + 2 >= n
+            w[1] = torch.where(left, w[1] + 2 * w[0], w[1])
+            w[2] = torch.where(left, w[2] - w[0], w[2])
+            w[0] = torch.where(left, torch.zeros_like(w[0]), w[0])
+            w[2] = torch.where(right, w[2] + 2 * w[3], w[2])
+            w[1] = torch.where(right, w[1] - w[3], w[1])
+            w[3] = torch.where(right, torch.zeros_like(w[3]), w[3])
+            taps.append([torch.clamp(i + k - 1, 0, n - 1) for k in range(4)])
+            tap_weights.append(w)
+        alpha_idx, alpha_t = lower[3], fractions[3]
+        total = 0.0
+        usable = torch.ones_like(alpha_t, dtype=torch.bool)
+        for a in range(4):
+            for b in range(4):
+                for c in range(4):
+                    w3 = tap_weights[0][a] * tap_weights[1][b] * tap_weights[2][c]
+                    for d, wd in ((0, 1.0 - alpha_t), (1, alpha_t)):
+                        idx = (taps[0][a], taps[1][b], taps[2][c], alpha_idx + d)
+                        w = w3 * wd
+                        usable = usable & (self.present[idx] | (w.detach() == 0))
+                        total = total + w[:, None, None] * self.models[idx]
+        return total, usable
 
     def _assemble(self, logs: Tensor) -> Atmosphere:
         """Atmosphere from stacked log10 (T, P, Ne, m) of shape (..., 4, D)."""
