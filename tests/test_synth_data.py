@@ -168,6 +168,9 @@ def test_abundances_masses_ionisation_and_symbols() -> None:
     assert atomic.symbol_to_z("fe") == 26 and atomic.z_to_symbol(56) == "Ba"
     assert all(atomic.symbol_to_z(atomic.z_to_symbol(z)) == z for z in range(1, 93))
     assert atomic.parse_species(26.1) == ((26,), 1) and atomic.parse_species(607.0) == ((6, 7), 0)
+    assert atomic.ionisation_energies()[26][:2] == (7.902, 16.19)
+    assert atomic.solar_abundances()[8] == pytest.approx(8.69)
+    assert atomic.atomic_masses()[12] == pytest.approx(24.31)
 
 
 def test_molecular_constants_follow_moog() -> None:
@@ -238,6 +241,9 @@ def test_strong_lines_have_barklem_damping(lines: LineList) -> None:
 
 
 def test_select_and_strength_cut(lines: LineList) -> None:
+    codes, index = lines.species_index()
+    assert np.allclose(np.asarray(codes)[index], np.round(lines.species, 1))
+    assert 26.0 in codes and 607.0 in codes and 3.0 in codes
     window = lines.select(5000.0, 5100.0)
     assert len(window) > 0 and window.wavelength_vacuum.min() >= 5000.0
     assert window.wavelength_vacuum.max() <= 5100.0

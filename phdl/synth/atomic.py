@@ -98,6 +98,24 @@ def ionisation_energy(z: int, stage: int) -> float:
     return float(_tables()["ionisation_ev"][_check_z(z) - 1, stage])
 
 
+def solar_abundances() -> dict[int, float]:
+    """{Z: log eps} for every tabulated element (Asplund et al. 2009)."""
+    return {z: solar_log_eps(z) for z in range(1, len(_tables()["symbols"]) + 1)}
+
+
+def atomic_masses() -> dict[int, float]:
+    """{Z: mean atomic mass [amu]} for every tabulated element."""
+    return {z: atomic_mass(z) for z in range(1, len(_tables()["symbols"]) + 1)}
+
+
+def ionisation_energies() -> dict[int, tuple[float, float, float]]:
+    """{Z: (chi_I, chi_II, chi_III) [eV]} for every tabulated element."""
+    return {
+        z: tuple(float(c) for c in _tables()["ionisation_ev"][z - 1])
+        for z in range(1, len(_tables()["symbols"]) + 1)
+    }
+
+
 def parse_species(code: float) -> tuple[tuple[int, ...], int]:
     """Split a MOOG species code into (constituent atomic numbers, ionisation stage)."""
     head = int(math.floor(code + 1e-6))

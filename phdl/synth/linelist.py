@@ -92,6 +92,11 @@ class LineList:
         )
         return np.where(self.flags & FLAG_VDW_UNSOLD, 0.0, sigma)
 
+    def species_index(self) -> tuple[tuple[float, ...], np.ndarray]:
+        """The distinct species codes (sorted) and, per line, its row in them (int64)."""
+        codes, index = np.unique(np.round(self.species, 1), return_inverse=True)
+        return tuple(float(c) for c in codes), index.astype(np.int64)
+
     @property
     def is_molecule(self) -> np.ndarray:
         """Boolean mask of molecular lines."""
