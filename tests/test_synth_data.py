@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,14 @@ import torch
 from phdl.synth import atomic
 from phdl.synth.atmosphere import Atmosphere, KuruczGrid
 from phdl.synth.linelist import FLAG_MOLECULE, FLAG_VDW_UNSOLD, LineList, load_linelist
+
+
+BENCHMARKS = Path(
+    os.environ.get(
+        "PHDL_SYNTH_BENCHMARKS",
+        Path(__file__).resolve().parents[2] / "shared/reference/synth-benchmarks",
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +78,24 @@ def test_leave_one_out_solar_neighbourhood(grid: KuruczGrid, axis, lo, hi, tol) 
     assert float((10**log_t - true.temperature)[depth].abs().max()) < tol[0]
     assert float((log_p - true.gas_pressure.log10())[depth].abs().max()) < tol[1]
     assert float((log_ne - true.electron_density.log10())[depth].abs().max()) < tol[2]
+
+
+@pytest.mark.skipif(
+    not (BENCHMARKS / "turbospectrum2019-COM-v19.1/models/kurucz-sun.mod").exists(),
+    reason=f"no Turbospectrum benchmark models under {BENCHMARKS}",
+)
+def test_interpolation_matches_an_independent_solar_model(grid: KuruczGrid) -> None:
+    """Castelli's 5772/4.438 model (Asplund 2009 abundances, off-node) vs our interpolation."""
+    text = (BENCHMARKS / "turbospectrum2019-COM-v19.1/models/kurucz-sun.mod").read_text()
+    rows = text.split("\n")
+    head = next(i for i, r in enumerate(rows) if r.startswith("READ DECK6"))
+    cols = ((0, 15), (15, 24), (24, 34), (34, 44))
+    deck = np.array([[float(r[a:b]) for a, b in cols] for r in rows[head + 1 : head + 73]])
+    atm = grid.interpolate(5772.0, 4.438, 0.0, 0.0)
+    depth = ((atm.log_tau_ross >= -5.0) & (atm.log_tau_ross <= 1.0)).numpy()
+    assert np.abs(atm.temperature.numpy() - deck[:, 1])[depth].max() < 40.0  # measured 26 K
+    assert np.abs(np.log10(atm.gas_pressure.numpy() / deck[:, 2]))[depth].max() < 0.05  # 0.031
+    assert np.abs(np.log10(atm.electron_density.numpy() / deck[:, 3]))[depth].max() < 0.03
 
 
 def test_autograd_flows_through_every_label(grid: KuruczGrid) -> None:
