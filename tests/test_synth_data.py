@@ -13,7 +13,6 @@ from phdl.synth import atomic
 from phdl.synth.atmosphere import Atmosphere, KuruczGrid
 from phdl.synth.linelist import FLAG_MOLECULE, FLAG_VDW_UNSOLD, LineList, load_linelist
 
-
 BENCHMARKS = Path(
     os.environ.get(
         "PHDL_SYNTH_BENCHMARKS",
