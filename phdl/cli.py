@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 #: name -> "module:function" taking an argument list; imported only when used (fast start-up).
 EXTRA_COMMANDS: dict[str, str] = {
     "report": "phdl.report:main",
+    "demo": "phdl.demo:main",
+    "synth": "phdl.synth.run:main",
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
