@@ -186,6 +186,43 @@ def test_partition_functions_match_known_values() -> None:
         atomic.partition_function(26.3, 5000.0)
 
 
+def _irwin_table(name: str) -> dict[float, np.ndarray]:
+    """Turbospectrum's Irwin-form fits ln U = sum a_i (ln T)^i, keyed by species code."""
+    table = {}
+    for line in (BENCHMARKS / "turbospectrum2019-COM-v19.1/DATA" / name).read_text().split("\n"):
+        if line[:1] in "#*" or "'" not in line:
+            continue
+        parts = line.split("'")
+        if name.startswith("IRWIN_atoms"):  # id code 'name' IP n a_0..a_n-1
+            code, fields = round(float(parts[0].split()[1]), 2), parts[2].split()
+        else:  # id 'code' 'name' -D0 n a_0..a_n-1 constituents
+            code, fields = round(float(parts[1]), 2), parts[4].split()
+        n = int(fields[1])
+        coef = np.array([float(x.lower().replace("d", "e")) for x in fields[2 : 2 + n]])
+        table.setdefault(code, coef)
+    return table
+
+
+@pytest.mark.skipif(
+    not (BENCHMARKS / "turbospectrum2019-COM-v19.1/DATA/IRWIN_atoms_v07.3.dat").exists(),
+    reason=f"no Turbospectrum DATA under {BENCHMARKS}",
+)
+def test_partition_functions_agree_with_irwin() -> None:
+    """MOOG-derived U(T) vs Turbospectrum's Irwin (1981) / Sauval & Tatum fits, 3500-8000 K."""
+    temp = np.linspace(3500.0, 8000.0, 10)
+    atoms = _irwin_table("IRWIN_atoms_v07.3.dat")
+    for code in (6.0, 8.0, 12.0, 14.0, 20.0, 20.1, 22.0, 22.1, 24.0, 26.0, 26.1, 28.0, 56.1):
+        key = round(int(code) + round((code % 1) * 10) / 100, 2)
+        irwin = sum(a * np.log(temp) ** i for i, a in enumerate(atoms[key])) / np.log(10)
+        ours = atomic.log10_partition_function(code, torch.tensor(temp)).numpy()
+        assert np.abs(ours - irwin).max() < 0.03, code
+    molecules = _irwin_table("IRWIN_molecules_v15.1.dat")
+    for code, tol in ((106.0, 0.02), (108.0, 0.03), (112.0, 0.02), (608.0, 0.04), (607.0, 0.08)):
+        irwin = sum(a * np.log(temp) ** i for i, a in enumerate(molecules[code])) / np.log(10)
+        ours = atomic.log10_partition_function(code, torch.tensor(temp)).numpy()
+        assert np.abs(ours - irwin).max() < tol, code
+
+
 def test_abundances_masses_ionisation_and_symbols() -> None:
     assert atomic.solar_log_eps(26) == pytest.approx(7.50)
     assert atomic.solar_log_eps(6) == pytest.approx(8.43)
