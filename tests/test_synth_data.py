@@ -136,6 +136,19 @@ def test_cubic_is_exact_at_nodes_and_has_continuous_derivatives(grid: KuruczGrid
         grid.interpolate(5000.0, 4.0, 0.0, 0.0, method="spline")
 
 
+def test_torch_func_jacobians(grid: KuruczGrid) -> None:
+    """phdl.synth takes the labels -> state Jacobian with torch.func.jacfwd: it must trace."""
+    theta = torch.tensor([5777.0, 4.44, -0.1, 0.1], dtype=torch.float64)
+    for method in ("linear", "cubic"):
+        fwd = torch.func.jacfwd(lambda t: grid.interpolate(*t, method=method).temperature)(theta)
+        rev = torch.func.jacrev(lambda t: grid.interpolate(*t, method=method).temperature)(theta)
+        assert fwd.shape == (72, 4) and torch.allclose(fwd, rev)
+    temp = torch.tensor([4500.0, 6000.0], dtype=torch.float64)
+    for code in (26.0, 607.0):
+        jac = torch.func.jacfwd(lambda t, c=code: atomic.partition_function(c, t))(temp)
+        assert torch.all(torch.diagonal(jac) > 0)
+
+
 def test_batched_interpolation_matches_single_calls(grid: KuruczGrid) -> None:
     teff = torch.tensor([4321.0, 6543.0])
     logg = torch.tensor([2.1, 4.2])
