@@ -140,8 +140,12 @@ def test_torch_func_jacobians(grid: KuruczGrid) -> None:
     """phdl.synth takes the labels -> state Jacobian with torch.func.jacfwd: it must trace."""
     theta = torch.tensor([5777.0, 4.44, -0.1, 0.1], dtype=torch.float64)
     for method in ("linear", "cubic"):
-        fwd = torch.func.jacfwd(lambda t: grid.interpolate(*t, method=method).temperature)(theta)
-        rev = torch.func.jacrev(lambda t: grid.interpolate(*t, method=method).temperature)(theta)
+        fwd = torch.func.jacfwd(lambda t, m=method: grid.interpolate(*t, method=m).temperature)(
+            theta
+        )
+        rev = torch.func.jacrev(lambda t, m=method: grid.interpolate(*t, method=m).temperature)(
+            theta
+        )
         assert fwd.shape == (72, 4) and torch.allclose(fwd, rev)
     temp = torch.tensor([4500.0, 6000.0], dtype=torch.float64)
     for code in (26.0, 607.0):
