@@ -7,7 +7,8 @@
   MOOG's Irwin-form polynomial fits for Cr II, Rb I, Mo II and several rare earths), interpolated
   linearly in log T of log U (differentiable; clamped outside the table).
 - Molecular equilibrium constants K_p(T) and dissociation energies D0 (MOOG's Bmolec.f: fits to
-  the Phoenix/NextGen equation of state, 1500 < T < 10000 K).
+  the Phoenix/NextGen equation of state, 1500 < T < 10000 K), and the molecular partition
+  functions those K_p imply (so that n_mol / U_mol is MOOG's molecular-line population).
 
 Species codes follow MOOG: Z + stage/10 for atoms (26.0 = Fe I, 26.1 = Fe II), and the atomic
 numbers of the constituents, smallest first, for molecules (106.0 = CH, 607.0 = CN, 606.0 = C2,
