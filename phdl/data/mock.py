@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from phdl.data.lamost import LAYOUTS, MASK_BITS
+from phdl.data.lamost import (
+    LAMOST_COEFF0,
+    LAMOST_COEFF1,
+    LAMOST_N_PIXELS,
+    LAYOUTS,
+    MASK_BITS,
+)
 from phdl.data.preprocess import ResolutionKernel
 from phdl.data.spectrum import C_KMS, vacuum_to_air
-
-#: LAMOST low-resolution pixel grid: wavelength_i = 10**(COEFF0 + COEFF1 i) [A, vacuum].
-LAMOST_COEFF0 = 3.5682
-LAMOST_COEFF1 = 1e-4
-LAMOST_N_PIXELS = 3909
 
 #: Wavelength ranges [A] over which the per-band S/N (SNRU..SNRZ) is a median per pixel.
 BAND_RANGES: dict[str, tuple[float, float]] = {
@@ -38,9 +39,54 @@ BAND_RANGES: dict[str, tuple[float, float]] = {
 _SNR_KEY = {"dr1-image": "SN_{}", "dr2-8-image": "SNR{}", "dr9-table": "SNR{}"}
 
 
-def lamost_wavelength(n_pixels: int = LAMOST_N_PIXELS, first_pixel: int = 0) -> np.ndarray:
+def lamost_pixels(n_pixels: int = LAMOST_N_PIXELS, first_pixel: int = 0) -> np.ndarray:
     """LAMOST's log-linear vacuum wavelength grid [A], starting `first_pixel` pixels in."""
     return 10.0 ** (LAMOST_COEFF0 + LAMOST_COEFF1 * (first_pixel + np.arange(n_pixels)))
+
+
+def _log_step(wavelength: np.ndarray) -> float | None:
+    """log10 step of a log-uniform grid, None if the grid is not log-uniform."""
+    steps = np.diff(np.log10(wavelength))
+    return (
+        float(steps.mean()) if np.all(np.abs(steps - steps.mean()) < 1e-6 * steps.mean()) else None
+    )
+
+
+def _fourier_shift(flux: np.ndarray, shift: float, ramp: int = 64) -> np.ndarray:
+    """Band-limited sub-pixel shift: result[j] = flux(j + shift) for |shift| <= 1 [pixels].
+
+    The array is made periodic by a cosine ramp from its last to its first value first, so the
+    wrap-around does not ring (the same method as the fitter's Doppler shift).
+    """
+    blend = 0.5 * (1 - np.cos(np.pi * np.arange(1, ramp + 1) / (ramp + 1)))
+    padded = np.concatenate([flux, flux[-1] + (flux[0] - flux[-1]) * blend])
+    frequency = np.fft.rfftfreq(padded.size)
+    shifted = np.fft.irfft(
+        np.fft.rfft(padded) * np.exp(2j * np.pi * frequency * shift), padded.size
+    )
+    return shifted[: flux.size]
+
+
+def _sample_model(
+    rest_wavelength: np.ndarray, model: np.ndarray, observed: np.ndarray, doppler: float
+) -> np.ndarray:
+    """Model seen at `observed` [A] after a Doppler factor; band-limited on LAMOST-step grids.
+
+    A model on a log-uniform grid with LAMOST's step (an emulator-like grid) is shifted in
+    Fourier space, exact for a band-limited spectrum; other grids are interpolated linearly and
+    should sample each resolution element with >= 5 pixels.
+    """
+    step = _log_step(rest_wavelength)
+    if step is None or abs(step - LAMOST_COEFF1) > 1e-9:
+        return np.interp(observed / doppler, rest_wavelength, model, left=1.0, right=1.0)
+    # position of each observed pixel in model pixels: i0 + k + fraction
+    position = (np.log10(observed / doppler) - np.log10(rest_wavelength[0])) / step
+    whole = int(np.floor(position[0]))
+    fraction = float(position[0] - whole)
+    shifted = _fourier_shift(model, fraction)
+    index = whole + np.arange(observed.size)
+    inside = (index >= 0) & (index < model.size)
+    return np.where(inside, shifted[np.clip(index, 0, model.size - 1)], 1.0)
 
 
 def band_snr(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray) -> dict[str, float]:
@@ -117,7 +163,7 @@ def mock_lamost_hdul(
     # LAMOST pixels covered by the shifted model
     doppler = 1.0 + rv_kms / C_KMS
     lo, hi = rest_wavelength[0] * doppler, rest_wavelength[-1] * doppler
-    full = lamost_wavelength()
+    full = lamost_pixels()
     inside = np.flatnonzero((full >= lo) & (full <= hi))
     if inside.size < 10:
         raise ValueError(
@@ -126,8 +172,8 @@ def mock_lamost_hdul(
         )
     first = int(inside[0]) if layout != "dr1-image" else 0
     n_pixels = int(inside[-1]) + 1 - first
-    observed = lamost_wavelength(n_pixels, first)
-    normalised = np.interp(observed / doppler, rest_wavelength, model, left=1.0, right=1.0)
+    observed = lamost_pixels(n_pixels, first)
+    normalised = _sample_model(rest_wavelength, model, observed, doppler)
 
     # counts = instrumental continuum x model; noise variance proportional to counts
     continuum = instrumental_continuum(observed, continuum_temperature)

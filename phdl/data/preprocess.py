@@ -6,7 +6,8 @@ What happens here, in order (`Preprocessor.__call__`):
 2. configurable wavelength regions are masked (the dichroic overlap and strong telluric bands by
    default, in the observed frame);
 3. optionally the spectrum is resampled onto the emulator's wavelength grid with `resample()`
-   (ivar propagated), optionally shifted to the rest frame by the header's radial velocity
+   (ivar propagated; exact when the grid is on LAMOST's own pixels, see `lamost_wavelength`,
+   a warning otherwise), optionally shifted to the rest frame by the header's radial velocity
    (`meta["rv_init_kms"]` = Z * c, set by the reader and kept as the fitter's start value);
 4. a spectrum with too few usable pixels is refused (ValueError naming it).
 
@@ -20,11 +21,13 @@ spectra of resolving power `r_model` to any target R(lambda) (LAMOST: R ~ 1000-2
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from phdl.data.lamost import lamost_pixel_offset
 from phdl.data.spectrum import ObservedSpectrum, air_to_vacuum, resample
 
 #: Nominal LAMOST low-resolution resolving power (at 5500 A, 2/3 slit).
@@ -102,11 +105,22 @@ class Preprocessor:
     def __post_init__(self) -> None:
         if self.medium not in ("vacuum", "air"):
             raise ValueError(f"medium must be 'vacuum' or 'air', got {self.medium!r}")
+        self.grid_pixel_offset = float("nan")
         if self.wavelength is not None:
             grid = np.asarray(self.wavelength, dtype=np.float64)
             if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
                 raise ValueError("target wavelength grid must be 1-d and strictly increasing")
             self.wavelength = grid
+            vacuum = air_to_vacuum(grid) if self.medium == "air" else grid
+            self.grid_pixel_offset = lamost_pixel_offset(vacuum)
+            if abs(self.grid_pixel_offset) > 0.01:
+                warnings.warn(
+                    f"target grid is offset by {self.grid_pixel_offset:+.2f} LAMOST pixels: "
+                    "linear resampling will smooth lines and correlate noise (errors up to ~1% "
+                    "of the continuum at 0.5 pixel); build the emulator grid on "
+                    "phdl.data.lamost.lamost_wavelength() pixels",
+                    stacklevel=2,
+                )
         self.bad_regions = [tuple(map(float, region)) for region in self.bad_regions]
         region_mask(np.zeros(1), self.bad_regions)  # checks each region once, here
 
@@ -133,6 +147,7 @@ class Preprocessor:
                 target = air_to_vacuum(target)
             rv = spectrum.meta.get("rv_init_kms") if self.shift_to_rest else None
             spectrum = resample(spectrum, target, rv_kms=float(rv or 0.0))
+            spectrum.meta["grid_pixel_offset"] = self.grid_pixel_offset
             if self.medium == "air":
                 spectrum.meta["grid_medium"] = "air"
         good_fraction = float(spectrum.good_pixels().mean())
@@ -185,33 +200,52 @@ class ResolutionKernel:
             fwhm = wavelength * np.sqrt(np.clip(1.0 / r_out**2 - 1.0 / r_in**2, 0.0, None))
         sigma = fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0)))  # (P,) Angstrom
         # half-width in pixels: the most pixels any output pixel's kernel spans
-        step = np.gradient(wavelength)
-        half = int(np.ceil(np.max(n_sigma * sigma / step))) if np.any(sigma > 0) else 0
-        offsets = np.arange(-half, half + 1)
-        pixel = np.arange(wavelength.size)[:, None] + offsets[None, :]  # (P, 2K+1)
-        inside = (pixel >= 0) & (pixel < wavelength.size)
-        index = np.clip(pixel, 0, wavelength.size - 1)
-        delta = wavelength[index] - wavelength[:, None]
-        safe_sigma = np.where(sigma > 0, sigma, 1.0)[:, None]
-        weight = np.exp(-0.5 * (delta / safe_sigma) ** 2) * step[index]
-        weight = np.where(inside & (np.abs(delta) <= n_sigma * safe_sigma), weight, 0.0)
-        # no broadening needed (R_target = R_model): the pixel itself
-        weight = np.where(sigma[:, None] > 0, weight, (offsets == 0)[None, :].astype(float))
+        self.step = np.gradient(wavelength)
+        self.half = int(np.ceil(np.max(n_sigma * sigma / self.step))) if np.any(sigma > 0) else 0
         self.wavelength = wavelength
         self.fwhm = fwhm
-        self.index = index  # (P, 2K+1) model pixel feeding each output pixel
-        self.weight = weight / weight.sum(axis=1, keepdims=True)  # (P, 2K+1)
+        self.sigma = sigma
+        self.n_sigma = n_sigma
+        # rows per block so one block's band holds <= ~4M weights (memory stays bounded)
+        self.block = max(1, int(4_000_000 // (2 * self.half + 1)))
+        self._cache = self._band(0, wavelength.size) if self.block >= wavelength.size else None
+
+    def _band(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """(index, weight) of output pixels first..last-1: each (rows, 2K+1), rows sum to 1."""
+        offsets = np.arange(-self.half, self.half + 1)
+        pixel = np.arange(first, last)[:, None] + offsets[None, :]
+        inside = (pixel >= 0) & (pixel < self.wavelength.size)
+        index = np.clip(pixel, 0, self.wavelength.size - 1)
+        delta = self.wavelength[index] - self.wavelength[first:last, None]
+        sigma = self.sigma[first:last, None]
+        safe_sigma = np.where(sigma > 0, sigma, 1.0)
+        weight = np.exp(-0.5 * (delta / safe_sigma) ** 2) * self.step[index]
+        weight = np.where(inside & (np.abs(delta) <= self.n_sigma * safe_sigma), weight, 0.0)
+        # no broadening needed (R_target = R_model): the pixel itself
+        weight = np.where(sigma > 0, weight, (offsets == 0)[None, :].astype(float))
+        return index, weight / weight.sum(axis=1, keepdims=True)
+
+    def _blocks(self):
+        if self._cache is not None:
+            yield self._cache
+            return
+        for first in range(0, self.wavelength.size, self.block):
+            yield self._band(first, min(first + self.block, self.wavelength.size))
 
     def __call__(self, flux):
         """Convolve flux (..., P) [numpy or torch] on the model grid; returns the same type."""
         if type(flux).__module__.startswith("torch"):
             import torch
 
-            index = torch.as_tensor(self.index, device=flux.device)
-            weight = torch.as_tensor(self.weight, dtype=flux.dtype, device=flux.device)
-            return (flux[..., index] * weight).sum(-1)
+            parts = []
+            for index, weight in self._blocks():
+                index = torch.as_tensor(index, device=flux.device)
+                weight = torch.as_tensor(weight, dtype=flux.dtype, device=flux.device)
+                parts.append((flux[..., index] * weight).sum(-1))
+            return torch.cat(parts, dim=-1)
         flux = np.asarray(flux)
-        return np.einsum("...pk,pk->...p", flux[..., self.index], self.weight)
+        parts = [np.einsum("...pk,pk->...p", flux[..., i], w) for i, w in self._blocks()]
+        return np.concatenate(parts, axis=-1)
 
 
 def degrade_resolution(
