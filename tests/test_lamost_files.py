@@ -159,3 +159,13 @@ def test_lamost_source_from_yaml_class_path(mixed_directory):
     }
     source = parser.instantiate_classes(parser.parse_args(["--source", json.dumps(config)])).source
     assert isinstance(source, LamostSpectra) and len(source) == 3 and source.mask_policy == "or"
+
+
+def test_scan_command_summarises_and_writes_rejects(mixed_directory, capsys):
+    from phdl.data.files import main
+
+    directory, expected = mixed_directory
+    assert main([str(directory), "--rejects", str(directory / "out/rejects.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "dr9-table: 1" in printed and f"rejected: {len(expected)}" in printed
+    assert len(read_rejects(directory / "out/rejects.csv")) == len(expected)

@@ -302,3 +302,46 @@ def read_rejects(path: str | os.PathLike) -> list[Rejected]:
 
     table = Table.read(path)
     return [Rejected(str(p), str(r)) for p, r in zip(table["path"], table["reason"])]
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """`python -m phdl.data.files SOURCE [--rejects PATH]`: read every file, summarise, list rejects."""
+    import argparse
+    import time
+    from collections import Counter
+
+    parser = argparse.ArgumentParser(
+        prog="python -m phdl.data.files",
+        description="Read LAMOST files (directory, glob, list file) and report layouts and rejects.",
+    )
+    parser.add_argument("source", help="directory, glob pattern or list file of LAMOST FITS files")
+    parser.add_argument("--rejects", help="write the rejects table here (.csv or .fits)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing rejects table"
+    )
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--mask-policy", default="and", choices=["and", "or", "both", "none"])
+    options = parser.parse_args(args)
+
+    start = time.perf_counter()
+    layouts: Counter = Counter()
+    rejects: list[Rejected] = []
+    dataset = SpectrumFileDataset(options.source, Preprocessor(), mask_policy=options.mask_policy)
+    for spectra, batch_rejects in iter_spectra(dataset, num_workers=options.workers):
+        layouts.update(s.meta.get("layout", "?") for s in spectra)
+        rejects.extend(batch_rejects)
+    elapsed = time.perf_counter() - start
+    n_files = len(dataset)
+    print(f"{n_files} files in {elapsed:.1f} s ({n_files / elapsed:.0f} files/s)")
+    for layout, count in sorted(layouts.items()):
+        print(f"  {layout}: {count}")
+    print(f"  rejected: {len(rejects)}")
+    for reason, count in Counter(r.reason.split(" (", 1)[0] for r in rejects).most_common(10):
+        print(f"    {count} x {reason}")
+    if options.rejects:
+        print(f"rejects written to {write_rejects(rejects, options.rejects, options.overwrite)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
