@@ -90,6 +90,11 @@ def lamost_pixel_offset(wavelength: np.ndarray) -> float:
 FITS_SUFFIXES: tuple[str, ...] = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
 
 
+#: An open file: astropy's HDUList or the fast parser's list of HDUs (both have .header, .data,
+#: and .columns.names on tables).
+HDUs = fits.HDUList | list[_fits.HDU]
+
+
 class LamostFormatError(ValueError):
     """A file that is not a usable LAMOST spectrum; the message names the file and the problem."""
 
@@ -141,12 +146,12 @@ LAYOUTS: dict[str, Layout] = {
 _WAVELENGTH_RANGE = (3000.0, 12000.0)
 
 
-def _primary_image_5rows(hdul: fits.HDUList) -> bool:
+def _primary_image_5rows(hdul: HDUs) -> bool:
     header = hdul[0].header
     return header.get("NAXIS") == 2 and header.get("NAXIS2") == 5 and header.get("NAXIS1", 0) > 1
 
 
-def _row_is_wavelength(hdul: fits.HDUList) -> bool:
+def _row_is_wavelength(hdul: HDUs) -> bool:
     row = np.asarray(hdul[0].data[2], dtype=np.float64)
     return (
         bool(np.all(np.isfinite(row)))
@@ -155,7 +160,7 @@ def _row_is_wavelength(hdul: fits.HDUList) -> bool:
     )
 
 
-def identify_lamost_dr1(hdul: fits.HDUList) -> bool:
+def identify_lamost_dr1(hdul: HDUs) -> bool:
     """DR1-era image: 5 rows, row 2 is the continuum-subtracted flux, COEFF0/COEFF1 present."""
     if not _primary_image_5rows(hdul):
         return False
@@ -168,7 +173,7 @@ def identify_lamost_dr1(hdul: fits.HDUList) -> bool:
     return not _row_is_wavelength(hdul)
 
 
-def identify_lamost_image(hdul: fits.HDUList) -> bool:
+def identify_lamost_image(hdul: HDUs) -> bool:
     """DR2-DR8 image: 5 rows, row 2 is the wavelength."""
     if not _primary_image_5rows(hdul):
         return False
@@ -178,7 +183,7 @@ def identify_lamost_image(hdul: fits.HDUList) -> bool:
     return _row_is_wavelength(hdul)
 
 
-def identify_lamost_table(hdul: fits.HDUList) -> bool:
+def identify_lamost_table(hdul: HDUs) -> bool:
     """DR9+ table: HDU 1 is a binary table with FLUX, IVAR and WAVELENGTH columns."""
     if len(hdul) < 2 or str(hdul[1].header.get("XTENSION", "")).strip() != "BINTABLE":
         return False
@@ -187,14 +192,14 @@ def identify_lamost_table(hdul: fits.HDUList) -> bool:
 
 
 #: identify function -> layout name, tried in order (the first that says yes wins).
-IDENTIFIERS: tuple[tuple[Callable[[fits.HDUList], bool], str], ...] = (
+IDENTIFIERS: tuple[tuple[Callable[[HDUs], bool], str], ...] = (
     (identify_lamost_table, "dr9-table"),
     (identify_lamost_dr1, "dr1-image"),
     (identify_lamost_image, "dr2-8-image"),
 )
 
 
-def identify_layout(hdul: fits.HDUList, path: str | Path = "<memory>") -> str:
+def identify_layout(hdul: HDUs, path: str | Path = "<memory>") -> str:
     """Name of the LAMOST layout of an open file; LamostFormatError naming the file if none fits."""
     for identify, name in IDENTIFIERS:
         if identify(hdul):
@@ -238,7 +243,7 @@ def _open(path: Path) -> fits.HDUList:
     return hdul
 
 
-def _arrays(hdul: fits.HDUList, layout: Layout, path: Path) -> dict[str, np.ndarray]:
+def _arrays(hdul: HDUs, layout: Layout, path: Path) -> dict[str, np.ndarray]:
     """Quantity -> 1-d float64 array, as the layout says; wavelength from COEFF0/COEFF1 if absent."""
     hdu = hdul[layout.hdu]
     arrays: dict[str, np.ndarray] = {}
@@ -352,7 +357,7 @@ def pixel_mask(
 
 
 def spectrum_from_hdul(
-    hdul: fits.HDUList,
+    hdul: HDUs,
     path: str | Path = "<memory>",
     mask_policy: MaskPolicy = "and",
     mask_bits: int = DEFAULT_MASK_BITS,
