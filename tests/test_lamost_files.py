@@ -129,6 +129,7 @@ def test_lamost_source_plugs_into_observed_datamodule(mixed_directory):
     assert (items["ok_dr1-image.fits"]["ivar"] > 0).mean() > 0.8
     for name, pattern in expected.items():
         assert pattern in items[name]["reason"], (name, items[name]["reason"])
+        assert name in items[name]["reason"] and str(directory) not in items[name]["reason"]
     assert source.ids()[0] == "decreasing"
     assert LamostSpectra(str(directory / "ok_*"), id_from="header").ids() == ["1", "2", "3"]
     with pytest.raises(ValueError, match="unique"):  # truncated.fits and truncated.fits.gz

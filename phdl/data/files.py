@@ -192,13 +192,16 @@ class LamostSpectra(SpectrumSource):
 
     def __getitem__(self, index: int) -> ObservedSpectrum:
         path = str(self.paths[index])
-        spectrum = read_lamost(path, mask_policy=self.mask_policy, mask_bits=self.mask_bits)
-        if self.id_from == "filename":
-            spectrum.id = file_stem(path)
         try:
+            spectrum = read_lamost(path, mask_policy=self.mask_policy, mask_bits=self.mask_bits)
+            if self.id_from == "filename":
+                spectrum.id = file_stem(path)
             return self.preprocess(spectrum)
-        except ValueError as exc:
-            raise LamostFormatError(f"{path}: {exc}") from exc
+        except (LamostFormatError, ValueError) as exc:
+            # the catalogue's flag_reason is short: name the file, not its whole directory
+            name = Path(path).name
+            reason = _strip_path(str(exc), path).replace(path, name)
+            raise LamostFormatError(f"{name}: {reason}") from None
 
     def ids(self) -> list[str]:
         if self.id_from == "filename":
