@@ -19,8 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-#: evaluate(theta (b, N), rows (b,)) -> (chi2 (b,), residual (b, P), jacobian (b, P, N))
-Evaluate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+#: evaluate(theta (b, N), rows (b,), jacobian) -> (chi2 (b,), residual (b, P), jacobian (b, P, N)
+#: or None when not asked for)
+Evaluate = Callable[
+    [torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+]
 
 
 @dataclass
@@ -54,7 +57,7 @@ def levenberg_marquardt(
     b = theta.shape[0]
     rows = torch.arange(b, device=theta.device)
     theta = theta.clamp(lower, upper).clone()
-    chi2, residual, jacobian = evaluate(theta, rows)
+    chi2, residual, jacobian = evaluate(theta, rows, True)
     lam = torch.full((b,), damping, dtype=theta.dtype, device=theta.device)
     n_iter = torch.zeros(b, dtype=torch.long, device=theta.device)
     converged = torch.zeros(b, dtype=torch.bool, device=theta.device)
@@ -80,12 +83,16 @@ def levenberg_marquardt(
         step = torch.linalg.lstsq(system, gradient[..., None]).solution[..., 0]
         trial = (current + step).clamp(lower, upper)
         moved = (trial - current).abs().amax(dim=1)
-        trial_chi2, trial_residual, trial_jacobian = evaluate(trial, active)
+        # chi2 alone decides acceptance (one forward pass); the Jacobian, which costs a pass per
+        # parameter, is computed only where the step was accepted
+        trial_chi2, _, _ = evaluate(trial, active, False)
         old = chi2[active]
         better = torch.isfinite(trial_chi2) & (trial_chi2 < old)
         keep = active[better]
-        theta[keep], chi2[keep] = trial[better], trial_chi2[better]
-        residual[keep], jacobian[keep] = trial_residual[better], trial_jacobian[better]
+        if keep.numel() > 0:
+            new_chi2, new_residual, new_jacobian = evaluate(trial[better], keep, True)
+            theta[keep], chi2[keep] = trial[better], new_chi2
+            residual[keep], jacobian[keep] = new_residual, new_jacobian
         lam[active] = torch.where(better, (lam[active] / 3.0).clamp_min(1e-9), lam[active] * 4.0)
         n_iter[active] += 1
         small_gain = better & (old - trial_chi2 < chi2_tol * (1.0 + old))
