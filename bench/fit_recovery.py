@@ -124,7 +124,8 @@ def fit(fitter: LabelFitter, flux, ivar, batch_size: int) -> tuple[dict, float]:
 def recovery(args, emulator, labels, flux, gradients) -> dict:
     """Bias, dispersion, CRB and fitted errors per label and S/N."""
     names = list(emulator.label_names)
-    fitter = LabelFitter.from_emulator(emulator, max_iter=args.max_iter)
+    fitter = LabelFitter.from_emulator(emulator, max_iter=args.max_iter,
+                                       jacobian_method=args.jacobian)  # fmt: skip
     model = fitter.spectrum_model
     results, figure_data = {}, {}
     for snr in args.snr:
@@ -210,20 +211,24 @@ def throughput(args, emulator, flux) -> dict:
     rng = np.random.default_rng(args.seed)
     observed, ivar, _, _ = observe(flux[:n], 50.0, rng, emulator.wavelength)
     counts = sorted({c for c in (4, 10, 20, len(names)) if c <= len(names)})
-    report: dict[str, dict] = {"lm": {}, "cmaes+lm": {}}
-    for count in counts:
+    report: dict[str, dict] = {"lm": {}, "lm_finite_difference": {}, "cmaes+lm": {}}
+    runs = [(count, "forward") for count in counts] + [(len(names), "finite_difference")]
+    for count, method in runs:
         fitter = LabelFitter.from_emulator(
-            emulator, fit_labels=names[:count], max_iter=args.max_iter
+            emulator, fit_labels=names[:count], max_iter=args.max_iter, jacobian_method=method
         )
         fit(fitter, observed[:2], ivar[:2], 2)  # warm-up
         columns, elapsed = fit(fitter, observed, ivar, args.batch_size)
-        report["lm"][str(count)] = {
+        key = "lm" if method == "forward" else "lm_finite_difference"
+        report[key][str(count)] = {
             "seconds_per_spectrum": elapsed / n,
             "spectra_per_second": n / elapsed,
             "median_iterations": float(np.median(columns["n_iter"])),
+            "load_average": os.getloadavg()[0],
         }
-        print(f"LM, {count:2d} labels: {elapsed / n:.3f} s/spectrum ({n} spectra, batch "
-              f"{args.batch_size}, {torch.get_num_threads()} threads)")  # fmt: skip
+        print(f"LM ({method} Jacobian), {count:2d} labels: {elapsed / n:.3f} s/spectrum ({n} "
+              f"spectra, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+              f"load {os.getloadavg()[0]:.1f})")  # fmt: skip
     m = min(n, args.cmaes_spectra)
     fitter = LabelFitter.from_emulator(emulator, global_search="cmaes", max_iter=args.max_iter,
                                        cmaes_iterations=args.cmaes_iterations)  # fmt: skip
@@ -246,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-iter", type=int, default=50)
+    parser.add_argument("--jacobian", default="forward", choices=["forward", "finite_difference"],
+                        help="Jacobian of the recovery fits")  # fmt: skip
     parser.add_argument("--throughput-spectra", type=int, default=64)
     parser.add_argument("--cmaes-spectra", type=int, default=16)
     parser.add_argument("--cmaes-iterations", type=int, default=30)
@@ -266,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"truth: {source}; {flux.shape[0]} spectra x {flux.shape[1]} pixels, "
           f"{len(emulator.label_names)} labels")  # fmt: skip
     report = {"checkpoint": args.checkpoint, "truth": source, "n_spectra": int(flux.shape[0]),
-              "threads": args.threads, "batch_size": args.batch_size}  # fmt: skip
+              "threads": args.threads, "batch_size": args.batch_size,
+              "load_average": os.getloadavg(), "jacobian": args.jacobian}  # fmt: skip
     report["throughput"] = throughput(args, emulator, flux)
     if not args.skip_recovery:
         report["recovery"] = recovery(args, emulator, labels, flux, gradients)
