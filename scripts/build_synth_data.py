@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from phdl.synth.linelist import air_to_vacuum
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "phdl" / "synth" / "data"
 
@@ -293,18 +295,6 @@ def build_atomic(moog: Path) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- line list
-def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
-    """Air -> vacuum wavelength [A] (Piskunov's VALD inversion of Morton 2000)."""
-    s2 = (1e4 / wave_air) ** 2
-    n = (
-        1
-        + 8.336624212083e-5
-        + 2.408926869968e-2 / (130.1065924522 - s2)
-        + 1.599740894897e-4 / (38.92568793293 - s2)
-    )
-    return wave_air * n
-
-
 def _read_moog_list(path: Path, codes: set[int] | None = None) -> dict[str, np.ndarray]:
     """Read a MOOG-format (linemake) list in the air range matching WMIN_VAC..WMAX_VAC."""
     wave, spec, chi, gf, d0, label = [], [], [], [], [], []
@@ -649,32 +639,38 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--log-ratio-cut",
         type=float,
-        default=-1.0,
+        default=-3.0,
         help="keep lines with log10(kappa_line/kappa_cont) above this in a test star",
     )
+    p.add_argument(
+        "--out", type=Path, default=DATA, help="output folder (default: the package data)"
+    )
     args = p.parse_args(argv)
+    out = args.out
     roland, moog = fetch_sources(args.cache)
-    DATA.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     atmos = build_atmospheres(roland)
-    np.savez_compressed(DATA / "kurucz_odfnew.npz", **atmos)
+    np.savez_compressed(out / "kurucz_odfnew.npz", **atmos)
     atomic = build_atomic(moog)
-    np.savez_compressed(DATA / "atomic.npz", **atomic)
+    np.savez_compressed(out / "atomic.npz", **atomic)
     lines = build_linelist(moog, atmos, atomic, args.log_ratio_cut)
+    # Source values have 3 decimals: integers in milli-units compress ~3x better than floats.
     store = {
-        "wavelength_vacuum": lines["wave"],
-        "wavelength_air": lines["wave_air"].astype(np.float64),
+        "wavelength_air_milli": np.round(lines["wave_air"] * 1000).astype(np.int64),
         "species": lines["species"],
         "element": lines["element"],
         "ion": lines["ion"],
         "molecule": lines["molecule"],
-        "chi_lower": lines["chi"].astype(np.float32),
-        "log_gf": lines["log_gf"].astype(np.float32),
+        "chi_lower_milli": np.round(lines["chi"] * 1000).astype(np.int32),
+        "log_gf_raw_milli": np.round(
+            (lines["log_gf"] - lines["log_isotope_fraction"]) * 1000
+        ).astype(np.int32),
         "log_isotope_fraction": lines["log_isotope_fraction"].astype(np.float32),
         "mass_amu": lines["mass"].astype(np.float32),
         "reduced_mass_amu": lines["reduced_mass"].astype(np.float32),
         "dissociation_ev": lines["d0"].astype(np.float32),
         "gamma_rad": lines["gamma_rad"].astype(np.float32),
-        "log_gamma_stark": lines["log_gamma_stark"].astype(np.float32),
+        "log_gamma_stark": lines["log_gamma_stark"].astype(np.float16),
         "log_gamma_vdw": lines["log_gamma_vdw"].astype(np.float32),
         "vdw_alpha": lines["vdw_alpha"].astype(np.float32),
         "vdw_source": lines["vdw_source"],
@@ -682,9 +678,9 @@ def main(argv: list[str] | None = None) -> None:
         "log_strength": lines["log_strength"].astype(np.float32),
         "log_ratio_cut": np.array(args.log_ratio_cut),
     }
-    np.savez_compressed(DATA / "linelist.npz", **store)
+    np.savez_compressed(out / "linelist.npz", **store)
     for f in ("kurucz_odfnew.npz", "atomic.npz", "linelist.npz"):
-        print(f"{f}: {(DATA / f).stat().st_size / 1e6:.2f} MB")
+        print(f"{f}: {(out / f).stat().st_size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":

@@ -103,11 +103,24 @@ class LineList:
         return self.molecule > 0
 
 
-def load_linelist(min_log_strength: float = 0.2, path: str | Path = DATA_FILE) -> LineList:
+def air_to_vacuum(wavelength_air: np.ndarray) -> np.ndarray:
+    """Air -> vacuum wavelength [A] (Piskunov's VALD inversion of Morton 2000, valid > 2000 A)."""
+    s2 = (1e4 / np.asarray(wavelength_air, dtype=np.float64)) ** 2
+    n = (
+        1
+        + 8.336624212083e-5
+        + 2.408926869968e-2 / (130.1065924522 - s2)
+        + 1.599740894897e-4 / (38.92568793293 - s2)
+    )
+    return wavelength_air * n
+
+
+def load_linelist(min_log_strength: float = -2.0, path: str | Path = DATA_FILE) -> LineList:
     """The shipped list, keeping lines whose log10(kappa_line/kappa_cont) exceeds min_log_strength.
 
-    The file holds every line above its build cut (log ratio > -1, 68.8k lines); the default 0.2
-    keeps 21.0k atomic + 8.4k molecular lines (docs/synth_data.md tabulates other cuts).
+    The file holds every line above its build cut (log ratio > -3, 170.6k lines). The default -2
+    (115.8k lines) keeps R=1800 fluxes within 1e-3 of the full file in the crowded blue;
+    0.2 (29.4k lines) errs by up to 4e-2 there (docs/synth_data.md, "Selection").
     """
     path = Path(path)
     if not path.exists():
@@ -125,24 +138,26 @@ def load_linelist(min_log_strength: float = 0.2, path: str | Path = DATA_FILE) -
             + (d["rad_source"] == 1) * FLAG_RAD_CLASSICAL
             + (d["molecule"] > 0) * FLAG_MOLECULE
         ).astype(np.uint8)
+        wavelength_air = d["wavelength_air_milli"] / 1000.0
+        log_iso = d["log_isotope_fraction"]
         lines = LineList(
-            wavelength_vacuum=d["wavelength_vacuum"],
-            wavelength_air=d["wavelength_air"],
+            wavelength_vacuum=air_to_vacuum(wavelength_air),
+            wavelength_air=wavelength_air,
             species=d["species"],
             element=d["element"],
             ion=d["ion"],
             molecule=d["molecule"],
-            chi_lower=d["chi_lower"],
-            log_gf=d["log_gf"],
-            log_isotope_fraction=d["log_isotope_fraction"],
+            chi_lower=(d["chi_lower_milli"] / 1000.0).astype(np.float32),
+            log_gf=(d["log_gf_raw_milli"] / 1000.0 + log_iso).astype(np.float32),
+            log_isotope_fraction=log_iso,
             mass_amu=d["mass_amu"],
             reduced_mass_amu=d["reduced_mass_amu"],
             dissociation_ev=d["dissociation_ev"],
             gamma_rad=d["gamma_rad"],
-            log_gamma_stark=d["log_gamma_stark"],
+            log_gamma_stark=d["log_gamma_stark"].astype(np.float32),
             log_gamma_vdw=d["log_gamma_vdw"],
             vdw_alpha=d["vdw_alpha"],
             flags=flags,
-            log_strength=d["log_strength"],
+            log_strength=d["log_strength"].astype(np.float32),
         )
     return lines.subset(lines.log_strength > min_log_strength)
