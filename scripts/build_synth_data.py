@@ -7,7 +7,8 @@ into phdl/synth/data/:
 - kurucz_odfnew.npz: log T, log P_gas, log N_e, log column mass on the common log tau_Ross grid
 - atomic.npz: Asplund (2009) abundances, masses, ionisation energies, log U(T) tables, and
   MOOG's molecular equilibrium constants (Bmolec.f)
-- linelist.npz: strength-selected atomic and molecular lines (vacuum wavelengths, damping)
+- linelist.npz: strength-selected atomic and molecular lines (air wavelengths, chi and log gf as
+  the source's exact milli-unit integers; phdl.synth.linelist converts to vacuum), damping
 
 Run: python scripts/build_synth_data.py [--cache /tmp/phdl-synth-src]
 """

@@ -17,7 +17,9 @@ Conventions (MOOG's, so that MOOG is a like-for-like reference):
 - gamma_stark = 10**log_gamma_stark * N_e [cm^-3] (MOOG's approximate formula, T-independent).
 - Molecular lower-level populations follow MOOG (Nearly.f): n_low = n(A) n(B) k T
   10**(D0 theta - 13.670) theta**2.5 / (mu**1.5 U_A U_B) exp(-chi / kT), theta = 5040/T,
-  mu = `reduced_mass_amu`, D0 = `dissociation_ev`, U_A, U_B neutral atomic partition functions.
+  mu = `reduced_mass_amu`, D0 = `dissociation_ev`, U_A, U_B neutral atomic partition functions;
+  equivalently n_mol exp(-chi / kT) / U_mol with n_mol from atomic.molecular_kp and
+  U_mol = atomic.partition_function(code, T).
 """
 
 from __future__ import annotations
