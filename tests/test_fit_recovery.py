@@ -151,3 +151,34 @@ def test_single_device_trainer_predict(emulator, inference_mode):
     assert list(result["flag"]) == [0, FLAG_BITS["BAD_INPUT"], 0]
     assert "no usable pixel" in result["flag_reason"][1]
     assert np.abs(result["teff"][[0, 2]] - labels[[0, 2], 0]).max() < 60.0
+
+
+def test_gaussian_broadening_nuisance_is_recovered(emulator):
+    from phdl.fit.model import RV_SCALE, SpectrumModel
+
+    model = SpectrumModel(emulator, fit_broadening=True)
+    labels = random_labels(emulator, 6, seed=12)
+    sigma_true = np.array([0.0, 30.0, 60.0, 90.0, 120.0, 60.0])  # km/s
+    rv = np.linspace(-80.0, 80.0, 6)
+    with torch.no_grad():
+        flux = emulator.flux(torch.tensor(labels, dtype=torch.float32)).double()
+    width_sq = torch.tensor((sigma_true / RV_SCALE) ** 2) * model.width_per_theta
+    rv_t = torch.tensor(rv)
+    broadened, _, d_width = model.doppler.broaden(flux, rv_t, width_sq, derivative=True)
+    step = 1e-4
+    numerical = (
+        model.doppler.broaden(flux, rv_t, width_sq + step)
+        - model.doppler.broaden(flux, rv_t, width_sq - step)
+    ) / (2 * step)
+    assert torch.allclose(d_width, numerical, atol=1e-7)
+    rng = np.random.default_rng(13)
+    noisy = broadened.numpy() * 50.0
+    noisy = noisy + 0.5 * rng.standard_normal(noisy.shape)  # S/N ~ 100
+    fitter = LabelFitter.from_emulator(emulator, fit_broadening=True)
+    result = fitter.fit(torch.tensor(noisy), torch.full(noisy.shape, 4.0), list("abcdef"))
+    assert np.all(result["converged"])
+    assert np.all(np.abs(result["broadening"] - sigma_true)[1:] < 10.0), result["broadening"]
+    assert result["broadening"][0] < 20.0
+    assert np.abs(result["rv"] - rv).max() < 1.0
+    assert np.abs(result["fe_h"] - labels[:, 3]).max() < 0.05
+    assert "broadening_err" in fitter.column_units()

@@ -42,22 +42,53 @@ class DopplerShift:
         )
         self._blend = blend.to(device)  # 0 -> 1 across the ramp
 
-    def _fourier(self, flux: torch.Tensor, rv: torch.Tensor, derivative: bool):
-        """Exact sub-pixel shift on a uniform log grid, flux (B, P, ...) along dim 1."""
+    def _fourier(
+        self,
+        flux: torch.Tensor,
+        rv: torch.Tensor,
+        derivative: bool,
+        width_sq: torch.Tensor | None = None,
+    ):
+        """Exact sub-pixel shift on a uniform log grid, flux (B, P, ...) along dim 1.
+
+        `width_sq` (B,) [pixel^2] also convolves with a Gaussian of that variance (a factor
+        exp(-2 pi^2 f^2 width_sq) in Fourier space).
+        """
         moved = flux.movedim(1, -1)  # (B, ..., P)
         last, first = moved[..., -1:], moved[..., :1]
         ramp = last + (first - last) * self._blend.to(flux.dtype)
         spectrum = torch.fft.rfft(torch.cat([moved, ramp], dim=-1), dim=-1)
         pixels = torch.log1p(rv / C_KMS) / self.log_step  # (B,)
         shape = (rv.shape[0],) + (1,) * (moved.dim() - 1)
-        phase = torch.exp(self._angular * pixels.reshape(shape))
+        factor = torch.exp(self._angular * pixels.reshape(shape))
+        gaussian = (self._angular.imag**2) * -0.5  # -2 pi^2 f^2
+        if width_sq is not None:
+            factor = factor * torch.exp(gaussian * width_sq.to(flux.dtype).reshape(shape))
         n = self.n_pixels + self.ramp
-        shifted = torch.fft.irfft(spectrum * phase, n=n, dim=-1)[..., : self.n_pixels]
+
+        def back(values: torch.Tensor) -> torch.Tensor:
+            return torch.fft.irfft(values, n=n, dim=-1)[..., : self.n_pixels].movedim(-1, 1)
+
+        shifted = back(spectrum * factor)
         if not derivative:
-            return shifted.movedim(-1, 1)
+            return shifted
         d_pixels = (1.0 / (self.log_step * (C_KMS + rv))).reshape(shape)
-        slope = torch.fft.irfft(spectrum * phase * self._angular, n=n, dim=-1)[..., : self.n_pixels]
-        return shifted.movedim(-1, 1), (slope * d_pixels).movedim(-1, 1)
+        d_rv = back(spectrum * factor * self._angular * d_pixels)
+        if width_sq is None:
+            return shifted, d_rv
+        return shifted, d_rv, back(spectrum * factor * gaussian)
+
+    def broaden(
+        self, flux: torch.Tensor, rv: torch.Tensor, width_sq: torch.Tensor, derivative: bool = False
+    ):
+        """Shift by rv (B,) [km/s] and convolve with a Gaussian of variance width_sq (B,) [px^2].
+
+        With `derivative`: (flux, d/dv [per km/s], d/d width_sq [per px^2]). Needs a grid
+        uniform in log wavelength (there a Gaussian in pixels is a Gaussian in velocity).
+        """
+        if not self.uniform:
+            raise ValueError("broadening needs a wavelength grid uniform in log wavelength")
+        return self._fourier(flux, rv.to(flux.dtype), derivative, width_sq)
 
     def valid_pixels(self, max_speed: float) -> torch.Tensor:
         """Pixels (P,) whose shifted position stays inside the grid for any |v| <= max_speed."""

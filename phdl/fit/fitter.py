@@ -54,6 +54,8 @@ class LabelFitter(LightningModule):
         continuum_segments: break wavelengths [A] between separately fitted continuum pieces
             (e.g. [5900] for LAMOST's blue and red arms).
         label_margin: allowed extrapolation beyond the training grid [scaled units, grid = 1].
+        fit_broadening: also fit a Gaussian broadening of the model (resolution mismatch,
+            rotation), sigma in km/s up to `broadening_max` (catalogue column `broadening`).
         init_grid_size: points per axis of the Teff-log g-[Fe/H] start grid (size^3 templates).
         max_iter: Levenberg-Marquardt iterations at most.
         global_search: 'none' or 'cmaes' (CMA-ES before Levenberg-Marquardt).
@@ -78,6 +80,8 @@ class LabelFitter(LightningModule):
         continuum_order: int = 3,
         continuum_segments: list[float] | None = None,
         label_margin: float = 0.0,
+        fit_broadening: bool = False,
+        broadening_max: float = 300.0,
         init_grid_size: int = 6,
         max_iter: int = 50,
         global_search: str = "none",
@@ -140,6 +144,7 @@ class LabelFitter(LightningModule):
             self._model = SpectrumModel(
                 emulator, h.fit_labels, h.fit_rv, tuple(h.rv_bounds), h.continuum_order,
                 h.continuum_segments, h.label_margin, h.jacobian_rows, h.jacobian_method,
+                fit_broadening=h.fit_broadening, broadening_max=h.broadening_max,
             )  # fmt: skip
         return self._model
 
@@ -150,6 +155,8 @@ class LabelFitter(LightningModule):
     def column_units(self) -> dict[str, str]:
         """Unit of every catalogue column that has one (FITS TUNITn)."""
         units = {"rv": "km / s", "rv_err": "km / s"}
+        if self.hparams.fit_broadening:
+            units["broadening"] = units["broadening_err"] = "km / s"
         for name in self.label_names:
             units[name] = units[f"{name}_err"] = label_unit(name)
         return units
@@ -238,7 +245,9 @@ class LabelFitter(LightningModule):
             )  # fmt: skip
         result = levenberg_marquardt(evaluate, theta, model.lower, model.upper, h.max_iter)
         covariance, singular = fisher_covariance(result.jacobian)
-        label_errors, rv_errors = physical_errors(covariance, model)
+        label_errors, rv_errors, broadening_errors = physical_errors(
+            covariance, model, result.theta
+        )
         scaled = model.full_labels(result.theta, base)
         physical = model.emulator.unscale(scaled.to(model.network_dtype)).to(torch.float64)
         physical = physical[:, model.fit_index].cpu().numpy()
@@ -253,6 +262,9 @@ class LabelFitter(LightningModule):
             columns[f"{name}_err"][rows] = label_errors[:, k]
         columns["rv"][rows] = model.velocity(result.theta).cpu().numpy()
         columns["rv_err"][rows] = rv_errors
+        if model.fit_broadening:
+            columns["broadening"][rows] = model.broadening(result.theta).cpu().numpy()
+            columns["broadening_err"][rows] = broadening_errors
         chi2 = result.chi2.cpu().numpy()
         dof = np.maximum(columns["n_pixels"][rows] - model.n_params - model.basis.shape[1], 1)
         columns["chi2"][rows] = chi2
@@ -289,6 +301,7 @@ class LabelFitter(LightningModule):
                 h.mcmc_steps, scale, h.seed,
             )  # fmt: skip
             names = [*self.spectrum_model.fit_labels] + (["rv"] if h.fit_rv else [])
+            names += ["broadening_sq"] if h.fit_broadening else []
             path = os.path.join(h.mcmc_dir, f"{ids[row]}.npz")
             temporary = path + f".tmp{os.getpid()}.npz"
             np.savez(temporary, chain=chain, names=np.array(names))
@@ -307,6 +320,11 @@ class LabelFitter(LightningModule):
         columns.update(
             rv=np.full(b, np.nan),
             rv_err=np.full(b, np.nan),
+            **(
+                {"broadening": np.full(b, np.nan), "broadening_err": np.full(b, np.nan)}
+                if self.hparams.fit_broadening
+                else {}
+            ),
             chi2=np.full(b, np.nan),
             chi2_red=np.full(b, np.nan),
             n_pixels=n_good.cpu().numpy().astype(np.int32),

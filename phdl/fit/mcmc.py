@@ -60,5 +60,5 @@ def sample_posterior(
     physical = chain.copy()
     physical[..., :n_labels] = (chain[..., :n_labels] + 0.5) * span + low
     if model.fit_rv:
-        physical[..., -1] = chain[..., -1] * RV_SCALE
+        physical[..., n_labels] = chain[..., n_labels] * RV_SCALE
     return physical

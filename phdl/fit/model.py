@@ -48,6 +48,12 @@ class SpectrumModel:
         continuum_segments: break wavelengths [A] between independently fitted continuum pieces.
         label_margin: allowed extrapolation beyond the training grid, in scaled units.
         jacobian_rows: rows (spectra x labels) per forward-mode pass (caps memory).
+        jacobian_method: 'forward' (forward-mode AD, exact) or 'finite_difference'.
+        fd_step: finite-difference step [scaled label units].
+        fit_broadening: fit an extra Gaussian broadening of the model (sigma in km/s, e.g. a
+            resolution mismatch or rotation), parametrised as (sigma / RV_SCALE)^2 >= 0 so its
+            derivative does not vanish at zero.
+        broadening_max: largest broadening sigma [km/s].
     """
 
     def __init__(
@@ -62,6 +68,8 @@ class SpectrumModel:
         jacobian_rows: int = 4096,
         jacobian_method: str = "forward",
         fd_step: float = 1e-3,
+        fit_broadening: bool = False,
+        broadening_max: float = 300.0,
     ) -> None:
         if jacobian_method not in ("forward", "finite_difference"):
             raise ValueError(
@@ -80,7 +88,8 @@ class SpectrumModel:
         self.fit_index = torch.tensor([self.names.index(n) for n in fit_labels], device=self.device)
         self.fit_rv = bool(fit_rv)
         self.rv_bounds = (float(rv_bounds[0]), float(rv_bounds[1]))
-        self.n_params = len(fit_labels) + int(self.fit_rv)
+        self.fit_broadening = bool(fit_broadening)
+        self.n_params = len(fit_labels) + int(self.fit_rv) + int(self.fit_broadening)
         self.jacobian_rows = int(jacobian_rows)
         wavelength = emulator.wavelength
         self.basis = torch.as_tensor(
@@ -88,13 +97,21 @@ class SpectrumModel:
             dtype=torch.float64, device=self.device,
         )  # fmt: skip
         self.doppler = DopplerShift(wavelength, device=self.device)
+        if self.fit_broadening and not self.doppler.uniform:
+            raise ValueError("fit_broadening needs an emulator grid uniform in log wavelength")
+        # (sigma / RV_SCALE)^2 -> Gaussian variance in pixels^2
+        self.width_per_theta = (RV_SCALE / (299_792.458 * self.doppler.log_step)) ** 2
         speed = max(abs(self.rv_bounds[0]), abs(self.rv_bounds[1])) if self.fit_rv else 0.0
+        speed += 4.0 * broadening_max if self.fit_broadening else 0.0
         self.usable = self.doppler.valid_pixels(speed)  # (P,) pixels inside the grid for any v
         lower = [-0.5 - label_margin] * len(fit_labels)
         upper = [0.5 + label_margin] * len(fit_labels)
         if self.fit_rv:
             lower.append(self.rv_bounds[0] / RV_SCALE)
             upper.append(self.rv_bounds[1] / RV_SCALE)
+        if self.fit_broadening:
+            lower.append(0.0)
+            upper.append((broadening_max / RV_SCALE) ** 2)
         self.lower = torch.tensor(lower, dtype=torch.float64, device=self.device)
         self.upper = torch.tensor(upper, dtype=torch.float64, device=self.device)
 
@@ -122,7 +139,13 @@ class SpectrumModel:
         """Radial velocities (B,) [km/s]."""
         if not self.fit_rv:
             return torch.zeros(theta.shape[0], dtype=theta.dtype, device=theta.device)
-        return theta[:, -1] * RV_SCALE
+        return theta[:, len(self.fit_labels)] * RV_SCALE
+
+    def broadening(self, theta: torch.Tensor) -> torch.Tensor:
+        """Extra Gaussian broadening sigma (B,) [km/s] (0 when not fitted)."""
+        if not self.fit_broadening:
+            return torch.zeros(theta.shape[0], dtype=theta.dtype, device=theta.device)
+        return theta[:, -1].clamp_min(0.0).sqrt() * RV_SCALE
 
     # --- model -------------------------------------------------------------------------------
     def emulate(self, scaled: torch.Tensor) -> torch.Tensor:
@@ -171,6 +194,8 @@ class SpectrumModel:
         """Shifted normalised model (B, P) and, if asked, its Jacobian in theta (B, P, N)."""
         scaled = self.full_labels(theta, base)
         rv = self.velocity(theta)
+        if self.fit_broadening:
+            return self._broadened(scaled, rv, theta[:, -1] * self.width_per_theta, jacobian)
         if not jacobian:
             return self.doppler(self.emulate(scaled), rv), None
         flux, d_flux = self.emulate_with_jacobian(scaled)
@@ -178,6 +203,18 @@ class SpectrumModel:
             return self.doppler(flux, rv), self.doppler(d_flux, rv)
         shifted, d_shifted_dv = self.doppler(flux, rv, derivative=True)
         columns = [self.doppler(d_flux, rv), (d_shifted_dv * RV_SCALE)[..., None]]
+        return shifted, torch.cat(columns, dim=-1)
+
+    def _broadened(self, scaled, rv, width_sq, jacobian: bool):
+        """normalised() with the Gaussian broadening: columns labels, [v], broadening."""
+        if not jacobian:
+            return self.doppler.broaden(self.emulate(scaled), rv, width_sq), None
+        flux, d_flux = self.emulate_with_jacobian(scaled)
+        shifted, d_rv, d_width = self.doppler.broaden(flux, rv, width_sq, derivative=True)
+        columns = [self.doppler.broaden(d_flux, rv, width_sq)]
+        if self.fit_rv:
+            columns.append((d_rv * RV_SCALE)[..., None])
+        columns.append((d_width * self.width_per_theta)[..., None])
         return shifted, torch.cat(columns, dim=-1)
 
     def evaluate(
@@ -258,6 +295,8 @@ class SpectrumModel:
         theta = [best[:, self.fit_index]]
         if self.fit_rv:
             theta.append((rv / RV_SCALE)[:, None])
+        if self.fit_broadening:
+            theta.append(torch.zeros_like(rv)[:, None])
         return torch.cat(theta, dim=1), base
 
     def _scan_velocity(self, flux, weights, grid, templates, rv_step, chunk) -> torch.Tensor:
@@ -310,13 +349,22 @@ def fisher_covariance(jacobian: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def physical_errors(
-    covariance: torch.Tensor, model: SpectrumModel
-) -> tuple[np.ndarray, np.ndarray]:
-    """1-sigma errors of the fitted labels (B, K) [label units] and of v (B,) [km/s]."""
-    variance = covariance.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+    covariance: torch.Tensor, model: SpectrumModel, theta: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-sigma errors of the fitted labels (B, K) [label units], v (B,) and broadening (B,) [km/s].
+
+    The broadening error is propagated from its squared parametrisation (NaN at zero width).
+    """
+    sigma = covariance.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
     span = torch.as_tensor(
-        model.emulator.label_scaling.span(), dtype=torch.float64, device=variance.device
+        model.emulator.label_scaling.span(), dtype=torch.float64, device=sigma.device
     )[model.fit_index]
-    labels = variance[:, : len(model.fit_labels)] * span
-    rv = variance[:, -1] * RV_SCALE if model.fit_rv else torch.full_like(variance[:, 0], np.nan)
-    return labels.cpu().numpy(), rv.cpu().numpy()
+    k = len(model.fit_labels)
+    nan = torch.full_like(sigma[:, 0], np.nan)
+    labels = sigma[:, :k] * span
+    rv = sigma[:, k] * RV_SCALE if model.fit_rv else nan
+    broadening = nan
+    if model.fit_broadening and theta is not None:
+        root = theta[:, -1].clamp_min(0.0).sqrt()
+        broadening = torch.where(root > 0, sigma[:, -1] * RV_SCALE / (2 * root), nan)
+    return labels.cpu().numpy(), rv.cpu().numpy(), broadening.cpu().numpy()
