@@ -44,7 +44,7 @@ def levenberg_marquardt(
     upper: torch.Tensor,
     max_iter: int = 50,
     damping: float = 1e-2,
-    chi2_tol: float = 1e-6,
+    chi2_tol: float = 1e-5,
     step_tol: float = 1e-7,
     max_damping: float = 1e10,
 ) -> LMResult:
