@@ -257,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--cmaes-spectra", type=int, default=16)
     parser.add_argument("--cmaes-iterations", type=int, default=30)
     parser.add_argument("--skip-recovery", action="store_true", help="throughput only")
+    parser.add_argument("--skip-throughput", action="store_true", help="recovery only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench/fit_recovery")
     args = parser.parse_args(argv)
@@ -275,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report = {"checkpoint": args.checkpoint, "truth": source, "n_spectra": int(flux.shape[0]),
               "threads": args.threads, "batch_size": args.batch_size,
               "load_average": os.getloadavg(), "jacobian": args.jacobian}  # fmt: skip
-    report["throughput"] = throughput(args, emulator, flux)
+    if not args.skip_throughput:
+        report["throughput"] = throughput(args, emulator, flux)
     if not args.skip_recovery:
         report["recovery"] = recovery(args, emulator, labels, flux, gradients)
     path = os.path.join(args.out, "fit_recovery.json")
