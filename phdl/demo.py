@@ -226,9 +226,16 @@ def write_mocks(out: Path, grid: Path, checkpoint: Path, size: DemoSize, seed: i
     return folder
 
 
-def predict(out: Path, checkpoint: Path, mocks: Path, name: str) -> Path:
+#: LAMOST's dichroic: the blue and red arms join here, each with its own continuum shape [A].
+DICHROIC = 5800.0
+
+
+def predict(out: Path, checkpoint: Path, mocks: Path, name: str, size: DemoSize) -> Path:
     """`phdl predict` of the mock LAMOST files with one emulator; returns the catalogue."""
     from phdl.cli import main
+
+    lo, hi = size.wavelength_range
+    segments = [DICHROIC] if lo < DICHROIC < hi else None
 
     catalogue = (out / f"catalogue_{name}.fits").resolve()
     overlay = {
@@ -240,7 +247,9 @@ def predict(out: Path, checkpoint: Path, mocks: Path, name: str) -> Path:
                 }
             ]
         },
-        "model": {"init_args": {"checkpoint": str(checkpoint.resolve())}},
+        "model": {
+            "init_args": {"checkpoint": str(checkpoint.resolve()), "continuum_segments": segments}
+        },
         "data": {
             "init_args": {
                 "source": {
@@ -432,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     mocks = timed("mock files", n + 1, f"write {size.n_mock} mock LAMOST files of held-out stars",
                   write_mocks, out, grid, checkpoints["prior"], size, args.seed)  # fmt: skip
     catalogues = timed("fitting", n + 2, "fit the mock files with phdl predict (both emulators)",
-                       lambda: {name: predict(out, c, mocks, name) for name, c in checkpoints.items()})  # fmt: skip
+                       lambda: {name: predict(out, c, mocks, name, size) for name, c in checkpoints.items()})  # fmt: skip
     result = recovery(out, catalogues)
     timings["total"] = time.perf_counter() - start
     index = write_index(out, reports, result, timings)
