@@ -302,7 +302,8 @@ class LabelFitter(LightningModule):
             )  # fmt: skip
             names = [*self.spectrum_model.fit_labels] + (["rv"] if h.fit_rv else [])
             names += ["broadening_sq"] if h.fit_broadening else []
-            path = os.path.join(h.mcmc_dir, f"{ids[row]}.npz")
+            safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in ids[row])
+            path = os.path.join(h.mcmc_dir, f"{safe}.npz")
             temporary = path + f".tmp{os.getpid()}.npz"
             np.savez(temporary, chain=chain, names=np.array(names))
             os.replace(temporary, path)
