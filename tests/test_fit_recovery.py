@@ -182,3 +182,31 @@ def test_gaussian_broadening_nuisance_is_recovered(emulator):
     assert np.abs(result["rv"] - rv).max() < 1.0
     assert np.abs(result["fe_h"] - labels[:, 3]).max() < 0.05
     assert "broadening_err" in fitter.column_units()
+
+
+def test_exposures_of_one_star_share_labels_and_keep_their_own_rv(emulator):
+    from phdl.fit.joint import fit_exposures
+    from phdl.fit.model import SpectrumModel
+
+    truth = random_labels(emulator, 3, seed=14)
+    counts = [1, 2, 4]
+    flux, ivar, velocities = [], [], []
+    for star, count in enumerate(counts):
+        rv = np.linspace(-120.0, 90.0, count) + 10.0 * star
+        f, w = observe(emulator, np.repeat(truth[star : star + 1], count, 0), snr=50.0, rv=rv,
+                       seed=20 + star)  # fmt: skip
+        flux.append(torch.tensor(f))
+        ivar.append(torch.tensor(w))
+        velocities.append(rv)
+    result = fit_exposures(SpectrumModel(emulator), flux, ivar)
+    assert result["rv"].shape == (3, 4) and np.isnan(result["rv"][0, 1:]).all()
+    assert np.all(result["converged"])
+    for star, count in enumerate(counts):
+        assert np.abs(result["rv"][star, :count] - velocities[star]).max() < 2.0
+        pulls = (result["labels"][star] - truth[star]) / result["labels_err"][star]
+        assert np.all(np.abs(pulls) < 5.0), pulls
+    # four exposures constrain [Fe/H] about twice as well as each of them alone
+    single = LabelFitter.from_emulator(emulator).fit(flux[2], ivar[2], list("abcd"))
+    k = FEW_LABELS.index("fe_h")
+    ratio = np.median(single["fe_h_err"]) / result["labels_err"][2, k]
+    assert 1.6 < ratio < 2.5, ratio
