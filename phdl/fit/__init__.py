@@ -1,0 +1,1 @@
+"""Label fitting: the LabelFitter LightningModule, its data model, optimisers and catalogue writer."""
