@@ -32,7 +32,7 @@ def _configure_environment() -> None:
 def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
     """Build phdl's LightningCLI (any LightningModule/DataModule selectable from YAML)."""
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     class PhdlCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -54,6 +54,11 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
                     f"data.{name}", f"model.init_args.{name}", compute, apply_on="instantiate"
                 )
 
+    argv = list(sys.argv[1:] if args is None else args)
+    # Training runs keep their resolved config in the run folder. validate/test/predict have no
+    # run folder of their own (with no logger Lightning would drop config.yaml into the current
+    # directory); the catalogue writer records the fit settings in the catalogue header.
+    save_config = SaveConfigCallback if argv[:1] == ["fit"] else None
     return PhdlCLI(
         LightningModule,
         LightningDataModule,
@@ -62,6 +67,7 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
         # the process's own arguments go in as None (Lightning warns when given both)
         args=None if args is None or list(args) == sys.argv[1:] else list(args),
         run=run,
+        save_config_callback=save_config,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
