@@ -78,6 +78,7 @@ def _arguments(inputs, output: Path) -> list[str]:
         "--data.init_args.source.init_args.path", str(inputs["observed"]),
         "--data.init_args.batch_size", str(BATCH),
         "--trainer.callbacks.output", str(output),
+        "--trainer.default_root_dir", str(output.parent),
         "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
