@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,17 @@ from phdl.labels import DEFAULT_RANGES
 # Never prompt for wandb or reach the network from a test.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_files_left_in_the_repository():
+    """Fail the run if a test wrote into the checkout (outputs belong in tmp_path)."""
+    before = set(os.listdir(REPOSITORY))
+    yield
+    left = sorted(set(os.listdir(REPOSITORY)) - before - {".pytest_cache"})
+    assert not left, f"tests left files in the repository: {left}"
 
 
 def make_toy_grid(
