@@ -167,3 +167,24 @@ def test_killed_run_resumes_to_the_same_catalogue(single, inputs, tmp_path):
     table = read_table(str(output))
     assert len(table) == N_SPECTRA and len(set(table["id"])) == N_SPECTRA
     _assert_same_rows(table, read_table(str(single)))
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".hdf5", ".ecsv", ".csv"])
+def test_catalogue_formats_round_trip_with_units(tmp_path, suffix):
+    from phdl.fit.writer import catalogue_table, write_table
+
+    columns = {
+        "id": np.array(["a", "bb"]), "index": np.array([0, 1]),
+        "fe_h": np.array([0.1, np.nan]), "teff": np.array([5000.0, 6000.0]),
+    }  # fmt: skip
+    table = catalogue_table(columns, {"fe_h": "dex", "teff": "K"}, {"NLABELS": 2})
+    path = str(tmp_path / f"catalogue{suffix}")
+    write_table(table, path)
+    back = read_table(path)
+    assert list(back["id"]) == ["a", "bb"] and np.isnan(back["fe_h"][1])
+    if suffix != ".csv":
+        assert str(back["teff"].unit) == "K" and "dex" in str(back["fe_h"].unit)
+    if suffix == ".csv":
+        table["model_flux"] = np.zeros((2, 5))
+        with pytest.raises(ValueError, match="vector columns"):
+            write_table(table, path)
