@@ -52,7 +52,7 @@ class LabelFitter(LightningModule):
         rv_step: step of the initial velocity scan [km/s].
         continuum_order: Chebyshev order of the continuum polynomial.
         continuum_segments: break wavelengths [A] between separately fitted continuum pieces
-            (e.g. [5900] for LAMOST's blue and red arms).
+            (e.g. [5800] for LAMOST's blue and red arms).
         label_margin: allowed extrapolation beyond the training grid [scaled units, grid = 1].
         fit_broadening: also fit a Gaussian broadening of the model (resolution mismatch,
             rotation), sigma in km/s up to `broadening_max` (catalogue column `broadening`).
