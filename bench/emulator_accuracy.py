@@ -42,7 +42,11 @@ class StepTimer(Callback):
 
 
 MODELS = {
-    "transformer+prior": {"model": "transformer", "gradient_weight": 1.0},
+    "transformer+prior": {
+        "model": "transformer",
+        "gradient_weight": 0.5,
+        "gradient_balance": "relative",
+    },
     "transformer (lambda=0)": {"model": "transformer", "gradient_weight": 0.0},
     "Payne MLP": {"model": "mlp", "gradient_weight": 0.0},
 }
@@ -67,6 +71,7 @@ def train(grid: str, settings: dict, args) -> tuple[EmulatorModule, GridDataModu
         d_ff=4 * args.d_model,
         label_hidden=2 * args.d_model,
         gradient_directions=args.directions,
+        gradient_spectra=args.gradient_spectra,
         lr=args.lr,
         warmup_steps=50,
         scheduler="constant" if args.constant_lr else "cosine",
@@ -106,6 +111,7 @@ def step_time_ratio(grid: str, args, n_steps: int = 20) -> dict:
         label_hidden=2 * args.d_model,
         gradient_weight=1.0,
         gradient_directions=args.directions,
+        gradient_spectra=args.gradient_spectra,
     )
     optimiser = torch.optim.AdamW(module.parameters(), lr=1e-4)
     for step in range(2 * n_steps + 4):
@@ -124,6 +130,7 @@ def step_time_ratio(grid: str, args, n_steps: int = 20) -> dict:
         "step_seconds_without_prior": float(without),
         "ratio": float(with_prior / without),
         "directions_per_spectrum": args.directions,
+        "gradient_spectra_per_batch": args.gradient_spectra,
         "batch_size": args.batch_size,
     }
 
@@ -141,7 +148,10 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--n-layers", type=int, default=2)
-    parser.add_argument("--directions", type=int, default=2)
+    parser.add_argument("--directions", type=int, default=1)
+    parser.add_argument(
+        "--gradient-spectra", type=int, default=8, help="spectra per batch with derivatives"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--constant-lr", action="store_true")
     parser.add_argument("--seed", type=int, default=0)

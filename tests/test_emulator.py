@@ -314,3 +314,28 @@ def test_emulator_arguments_are_plain(toy_grid):
     assert isinstance(arguments["label_scaling"], dict)
     assert all(type(w) is float for w in arguments["wavelength"])
     assert arguments["gradient_names"] == ["teff", "logg", "fe_h", "mg_fe", "ca_fe"]
+
+
+def test_gradient_term_on_a_subset_of_the_batch(toy_grid, monkeypatch):
+    """gradient_spectra=n: derivatives of the first n spectra only, the flux term on all."""
+    datamodule = GridDataModule(str(toy_grid), batch_size=8)
+    module = _module(datamodule, gradient_weight=1.0, gradient_spectra=3, gradient_directions=2)
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    seen = []
+    real_jvp = phdl.emulator.jvp
+
+    def spy(function, primals, tangents):
+        seen.append(primals[0].shape[0])
+        return real_jvp(function, primals, tangents)
+
+    monkeypatch.setattr(phdl.emulator, "jvp", spy)
+    _at_step(monkeypatch, 5)
+    batch = _first_batch(datamodule)
+    module.training_step(batch, 0)
+    assert seen == [3 * 2]  # 3 spectra x 2 directions
+    expected_flux = (module.network(batch["labels"]) - batch["flux"]).square().mean()
+    torch.testing.assert_close(logged["train/loss_flux"], expected_flux)
+    assert logged["train/loss_gradient"] > 0
+    with pytest.raises(ValueError, match="gradient_spectra must be >= 1"):
+        _module(datamodule, gradient_spectra=0)
