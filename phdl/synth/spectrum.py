@@ -44,6 +44,8 @@ ELEMENT_Z: dict[str, int] = {
 }  # fmt: skip
 #: [X/Fe] labels averaged into the atmosphere's [alpha/M].
 ALPHA_LABELS = ("o_fe", "mg_fe", "si_fe", "ca_fe", "ti_fe")
+#: [alpha/M] span of the shipped atmospheres (Castelli-Kurucz ODFNEW and AODFNEW).
+ALPHA_M_RANGE = (0.0, 0.4)
 #: Labels the per-depth state depends on only through the atmosphere / EOS.
 CONTINUUM_KEYS = ("temperature", "electron_density", "n_hi", "n_hii", "n_hminus", "n_h2")
 HYDROGEN_KEYS = ("temperature", "electron_density", "n_hi")
@@ -180,6 +182,9 @@ class Synthesizer:
         vmic = self._get(theta, "vmic", 1.0)
         if self.config.alpha_from_labels:
             alpha = sum(self._get(theta, n, 0.0) for n in ALPHA_LABELS) / len(ALPHA_LABELS)
+            # the Kurucz grid holds [alpha/M] = 0 and +0.4 only: beyond them the atmosphere stays
+            # at the edge (zero derivative) and the labels act on line opacities alone
+            alpha = alpha.clamp(ALPHA_M_RANGE[0], ALPHA_M_RANGE[1])
         else:
             alpha = torch.zeros((), dtype=theta.dtype)
         atm = self.inputs.atmosphere(teff, logg, fe_h, alpha)
