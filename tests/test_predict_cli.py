@@ -134,6 +134,9 @@ def test_single_device_predict_writes_one_flagged_row_per_spectrum(single, input
     units = {header[f"TTYPE{i}"]: header.get(f"TUNIT{i}") for i in range(1, header["TFIELDS"] + 1)}
     assert units["teff"] == "K" and units["fe_h_err"] == "dex" and units["rv"] == "km s-1"
     assert header["FLAG1"] == "BAD_INPUT" and header["NLABELS"] == 8
+    rejects = read_table(str(single).replace(".fits", "_rejects.csv"))
+    assert list(rejects["index"]) == sorted(bad)
+    assert all(bad[i] in reason for i, reason in zip(rejects["index"], rejects["reason"]))
 
 
 def test_rerun_with_everything_done_changes_nothing(single, inputs):

@@ -5,7 +5,8 @@ written to a temporary name and renamed (`os.replace` is atomic), so a shard is 
 absent. At the end of `predict`, after a barrier, rank 0 merges the existing catalogue and all
 shards, keeps one row per id, sorts by source index (DDP rank r fits samples r, r+N, ...; the
 order is rebuilt from the index carried in every batch), writes the catalogue atomically and only
-then deletes the shards. A rerun first collects the ids already in the catalogue and the shards
+then deletes the shards; the spectra that could not be fitted (unreadable file, no usable pixel,
+...) are listed with their reason in `<catalogue stem>_rejects.csv` beside it. A rerun first collects the ids already in the catalogue and the shards
 and tells the datamodule to skip them: a run killed at any point loses nothing already written and
 never produces duplicate rows.
 
@@ -161,6 +162,31 @@ class CatalogueWriter(BasePredictionWriter):
         if stage == "predict" and not self._failed and trainer.is_global_zero and self.part_paths():
             self.merge(pl_module)
 
+    @property
+    def rejects_path(self) -> str:
+        """`<catalogue stem>_rejects.csv` beside the catalogue."""
+        stem = self.output
+        for suffix in (".fits.gz", ".fits", ".hdf5", ".h5", ".ecsv", ".csv"):
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        return stem + "_rejects.csv"
+
+    def write_rejects(self, catalogue: Table) -> Table:
+        """The spectra that could not be fitted (flag BAD_INPUT): id, index, reason; atomic."""
+        from phdl.fit.fitter import FLAG_BITS
+
+        bad = (np.asarray(catalogue["flag"]) & FLAG_BITS["BAD_INPUT"]) != 0
+        rejects = Table(
+            {
+                "id": np.asarray(catalogue["id"][bad], dtype=str),
+                "index": np.asarray(catalogue["index"][bad], dtype=np.int64),
+                "reason": np.asarray(catalogue["flag_reason"][bad], dtype=str),
+            }
+        )
+        write_table(rejects, self.rejects_path)
+        return rejects
+
     def merge(self, pl_module=None) -> Table | None:
         """Catalogue + shards -> one row per id, sorted by source index; then remove shards."""
         parts = self.part_paths()
@@ -177,6 +203,7 @@ class CatalogueWriter(BasePredictionWriter):
                     merged[name].unit = unit
             merged.meta.update(pl_module.header())
         write_table(merged, self.output)
+        self.write_rejects(merged)
         for path in parts:
             os.remove(path)
         if os.path.isdir(self.parts_dir) and not os.listdir(self.parts_dir):
