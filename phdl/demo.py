@@ -406,14 +406,20 @@ def write_index(out: Path, reports: dict, result: dict, timings: dict) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Run the demo; returns the recovery result (also written to summary.json)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `phdl demo` argument parser."""
     parser = argparse.ArgumentParser(prog="phdl demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--output", default="runs/phdl-demo", help="folder for everything")
     parser.add_argument("--quick", action="store_true", help="a small version (minutes, for tests)")
     parser.add_argument("--workers", type=int, default=2, help="synthesis processes")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the demo; returns the recovery result (also written to summary.json)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     out = Path(args.output)

@@ -299,11 +299,9 @@ def split_of_checkpoint(checkpoint_path: str | Path, split: str) -> tuple[str, n
     return str(data["path"]), parts[split]
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """`phdl report`: accuracy report of a trained emulator on its held-out grid spectra."""
+def build_parser():
+    """The `phdl report` argument parser."""
     import argparse
-
-    from phdl.emulator import load_emulator
 
     parser = argparse.ArgumentParser(
         prog="phdl report",
@@ -323,6 +321,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--window", nargs=2, type=float, metavar=("MIN", "MAX"), help="wavelength window [A]"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """`phdl report`: accuracy report of a trained emulator on its held-out grid spectra."""
+    from phdl.emulator import load_emulator
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     grid, indices = args.grid, None
     if grid is None or args.split != "all":

@@ -307,11 +307,9 @@ def read_rejects(path: str | os.PathLike) -> list[Rejected]:
     return [Rejected(str(p), str(r)) for p, r in zip(table["path"], table["reason"])]
 
 
-def main(args: Sequence[str] | None = None) -> int:
-    """`python -m phdl.data.files SOURCE [--rejects PATH]`: read every file, summarise, list rejects."""
+def build_parser():
+    """The `python -m phdl.data.files` argument parser."""
     import argparse
-    import time
-    from collections import Counter
 
     parser = argparse.ArgumentParser(
         prog="python -m phdl.data.files",
@@ -324,6 +322,15 @@ def main(args: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--mask-policy", default="and", choices=["and", "or", "both", "none"])
+    return parser
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """`python -m phdl.data.files SOURCE [--rejects PATH]`: read every file, summarise, list rejects."""
+    import time
+    from collections import Counter
+
+    parser = build_parser()
     options = parser.parse_args(args)
 
     start = time.perf_counter()
