@@ -43,9 +43,9 @@ from phdl.synth.continuum import continuum_opacity
 from phdl.synth.eos import MOLECULES as EOS_MOLECULES
 from phdl.synth.eos import depth_state
 from phdl.synth.inputs import default_inputs
-from phdl.synth.lines import AMU, K_B, LineData
 from phdl.synth.linelist import air_to_vacuum
-from phdl.synth.spectrum import LinePlan, SynthConfig, SynthInputs, Synthesizer, lamost_wavelength
+from phdl.synth.lines import AMU, K_B, LineData
+from phdl.synth.spectrum import LinePlan, SynthConfig, Synthesizer, SynthInputs, lamost_wavelength
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = ROOT.parent / "shared" / "reference" / "synth-benchmarks"
@@ -156,8 +156,13 @@ def read_turbospectrum_linelist(path: Path) -> tuple[LineTable, dict[str, int]]:
     return table, dropped
 
 
-def read_moog_linelist(path: Path) -> LineTable:
-    """MOOG line list (wavelength, species, chi, log gf, [C6], [D0]); widths as MOOG's damping=0."""
+def read_moog_linelist(path: Path, moog_isotope_mass: bool = True) -> LineTable:
+    """MOOG line list (wavelength, species, chi, log gf, [C6], [D0]); widths as MOOG's damping=0.
+
+    MOOG codes an atomic isotope as Z.iAAA (56.1135 = 135Ba II), so the test list's `3.007`
+    (meant as 7Li) is read by MOOG as an isotope of mass 70: its Li lines get a 3x smaller thermal
+    width. `moog_isotope_mass` reproduces that reading; False uses the physical mass (7).
+    """
     rows = []
     for text in path.read_text().splitlines()[1:]:
         v = text.split("#")[0].split()
@@ -172,9 +177,9 @@ def read_moog_linelist(path: Path) -> LineTable:
             species[k] = float(head)
             digits = f"{c:.5f}".split(".")[1]
             mass[k] = float(int(digits[:3]) + int(digits[3:5])) if int(digits) else molecule_mass(head)
-        elif c - head > 0.0015:  # 3.007 = 7Li, neutral
+        elif c - head > 0.0015:  # 3.007: 7Li meant, mass 70 as MOOG reads it
             species[k] = float(head)
-            mass[k] = round((c - head) * 1000)
+            mass[k] = round((c - head) * (1e4 if moog_isotope_mass else 1e3))
         else:
             species[k] = round(c, 1)
             mass[k] = atomic.atomic_mass(head)
@@ -578,28 +583,33 @@ def part_moog(figures: Path) -> dict:
         # MOOG's abundances in this run (its out1): Asplund 2009 + 0.10, C 7.70, N 7.50, O 8.30, Li 0.28
         abundances = {z: a + 0.10 for z, a in atomic.solar_abundances().items()}
         abundances.update({1: 12.0, 2: atomic.solar_log_eps(2), 6: 7.70, 7: 7.50, 8: 8.30, 3: 0.28})
-        table = read_moog_linelist(test / "linelist_mandell.txt")
+        tables = {
+            "as MOOG reads the list (7Li coded 3.007 -> mass 70)": read_moog_linelist(test / "linelist_mandell.txt"),
+            "Li at its physical mass 7": read_moog_linelist(test / "linelist_mandell.txt", moog_isotope_mass=False),
+        }
         wave_moog, flux_moog = read_moog_summary(test / "out2")
     atmosphere = {"temperature": temperature, "gas_pressure": pressure, "electron_density": xne,
                   "column_mass": rhox, "log_tau_ross": np.linspace(-6.875, 2.0, len(rhox))}
-    inputs = build_inputs(fixed_atmosphere(atmosphere), abundances, table, "MOOG test: Kurucz 4150/2.5")
-    config = SynthConfig(fine_step=0.004, margin=2.0, log_tau_top=-99.0, min_line_strength=1e-6)
     inner = (wave_moog > 6697.0) & (wave_moog < 6716.0)
-    synth = Synthesizer(inputs, wavelength=air_to_vacuum(wave_moog[inner]), resolution=20000.0, config=config)
+    w, ref = wave_moog[inner], flux_moog[inner]
     labels = {"teff": 4150.0, "logg": 2.5, "fe_h": 0.0, "vmic": 2.0}
-    fine, flux = fine_flux(synth, labels)
-    ours = np.interp(air_to_vacuum(wave_moog[inner]), fine, flux)
-    ref = flux_moog[inner]
-    out = {"model": "Kurucz 4150 K / log g 2.5, vt 2 km/s, [M/H] +0.1, A(Li) 0.28; 67 lines (CN + atoms)",
-           "full_resolution": stats(ours - ref)}
-    w = wave_moog[inner]
-    for r in (20000.0, 1800.0):
+    out: dict = {"model": "Kurucz 4150 K / log g 2.5, vt 2 km/s, [M/H] +0.1, A(Li) 0.28; 67 lines (CN + atoms), "
+                 "6697-6716 A", "runs": {}}
+    for name, table in tables.items():
+        inputs = build_inputs(fixed_atmosphere(atmosphere), abundances, table, "MOOG test: Kurucz 4150/2.5")
+        config = SynthConfig(fine_step=0.004, margin=2.0, log_tau_top=-99.0, min_line_strength=1e-6)
+        synth = Synthesizer(inputs, wavelength=air_to_vacuum(w), resolution=20000.0, config=config)
+        fine, flux = fine_flux(synth, labels)
+        ours = np.interp(air_to_vacuum(w), fine, flux)
+        run = {"full_resolution": stats(ours - ref)}
         core = (w > 6700) & (w < 6713)
-        out[f"R{int(r)}"] = stats((gaussian_smooth(w, ours, r) - gaussian_smooth(w, ref, r))[core])
-    li = (w > 6707.3) & (w < 6708.3)
-    out["li_6708_ew_mA"] = {"moog": 1000 * equivalent_width(w, ref, 6707.3, 6708.3),
-                            "phdl": 1000 * equivalent_width(w, ours, 6707.3, 6708.3)}
-    out["li_6708_depth"] = {"moog": float(1 - ref[li].min()), "phdl": float(1 - ours[li].min())}
+        for r in (20000.0, 1800.0):
+            run[f"R{int(r)}"] = stats((gaussian_smooth(w, ours, r) - gaussian_smooth(w, ref, r))[core])
+        li = (w > 6707.3) & (w < 6708.3)
+        run["li_6708_ew_mA"] = {"moog": 1000 * equivalent_width(w, ref, 6707.3, 6708.3),
+                                "phdl": 1000 * equivalent_width(w, ours, 6707.3, 6708.3)}
+        run["li_6708_depth"] = {"moog": float(1 - ref[li].min()), "phdl": float(1 - ours[li].min())}
+        out["runs"][name] = run
     return out
 
 
@@ -834,12 +844,16 @@ def summarise(r: dict) -> str:
         if "skipped" in m:
             out += [f"Skipped: {m['skipped']}.", ""]
         else:
-            out += [f"{m['model']}.", "", "| comparison | rms | max |abs| | mean |", "|---|---|---|---|"]
-            for key in ("full_resolution", "R20000", "R1800"):
-                s = m[key]
-                out.append(f"| flux, {key} | {_f(s['rms'])} | {_f(s['max_abs'])} | {_f(s['mean'])} |")
-            out += ["", f"Li 6708 blend: EW MOOG {m['li_6708_ew_mA']['moog']:.1f} mA, phdl {m['li_6708_ew_mA']['phdl']:.1f} mA; "
-                    f"depth MOOG {m['li_6708_depth']['moog']:.3f}, phdl {m['li_6708_depth']['phdl']:.3f}.", ""]
+            out += [f"{m['model']}.", "", "| phdl.synth run | flux at | rms | max abs | mean | Li 6708 EW MOOG / phdl [mA] | "
+                    "Li depth MOOG / phdl |", "|---|---|---|---|---|---|---|"]
+            for name, run in m["runs"].items():
+                for key in ("full_resolution", "R20000", "R1800"):
+                    s = run[key]
+                    li = (f"{run['li_6708_ew_mA']['moog']:.1f} / {run['li_6708_ew_mA']['phdl']:.1f} | "
+                          f"{run['li_6708_depth']['moog']:.3f} / {run['li_6708_depth']['phdl']:.3f}"
+                          if key == "full_resolution" else " | ")
+                    out.append(f"| {name} | {key} | {_f(s['rms'])} | {_f(s['max_abs'])} | {_f(s['mean'])} | {li} |")
+            out.append("")
     if "sun" in r:
         s = r["sun"]
         out += ["### The Sun (UVES) vs phdl.synth (Kurucz grid 5777/4.44/0.0, vmic 1.0), both at R = 20000", "",
