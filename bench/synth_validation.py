@@ -633,15 +633,18 @@ SUN_RESOLUTION = 20000.0
 
 def part_sun(reference: Path, figures: Path, min_log_strength: float) -> dict:
     obs = np.loadtxt(reference / "uves_sun_normalised.txt")
-    wave_obs, flux_obs = obs[:, 0], obs[:, 1]
+    wave_obs, first = np.unique(obs[:, 0], return_index=True)  # the file repeats 47 wavelengths
+    flux_obs = obs[first, 1]
     inputs = default_inputs(min_log_strength)
     out: dict = {"labels": SUN_LABELS, "resolution": SUN_RESOLUTION,
                  "line_list": f"shipped linemake list, min_log_strength {min_log_strength} ({len(inputs.lines)} lines)",
                  "note": "Ca II triplet (8498-8662 A) lies outside the UVES spectrum (4835-6723.5 A)"}
 
-    def window(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def window(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         m = (wave_obs >= lo) & (wave_obs <= hi)
         w = wave_obs[m]
+        if w.size < 10 or w[0] > lo + 0.05 or w[-1] < hi - 0.05 or np.diff(w).max() > 0.05:
+            return None  # the observed spectrum has gaps (5759.5-5827.8, 6066-6074 A)
         synth = Synthesizer(inputs, wavelength=air_to_vacuum(w), resolution=SUN_RESOLUTION,
                             config=SynthConfig(margin=3.0))
         model, _ = synth.synthesize(SUN_LABELS, gradients=False)
@@ -669,7 +672,11 @@ def part_sun(reference: Path, figures: Path, min_log_strength: float) -> dict:
 
     fe = []
     for centre in FE_LINES:
-        w, f_obs, f_syn = window(centre - 1.5, centre + 1.5)
+        spectra = window(centre - 1.5, centre + 1.5)
+        if spectra is None:
+            out.setdefault("fe_lines_not_covered", []).append(centre)
+            continue
+        w, f_obs, f_syn = spectra
         core = np.abs(w - centre) < 0.12
         i_obs = np.argmin(np.where(core, f_obs, 2.0))
         i_syn = np.argmin(np.where(core, f_syn, 2.0))
