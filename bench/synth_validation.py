@@ -1018,6 +1018,7 @@ def main(args: list[str] | None = None) -> dict:
 
     results: dict = {
         "date": datetime.date.today().isoformat(),
+        "commit": _commit(),
         "command": "python bench/synth_validation.py "
         + " ".join(args if args is not None else sys.argv[1:]),
     }
@@ -1040,13 +1041,35 @@ def main(args: list[str] | None = None) -> dict:
     return results
 
 
+def _commit() -> str:
+    """HEAD of the checkout, flagged when phdl/synth has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "phdl/synth"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (" + uncommitted phdl/synth changes" if dirty else "")
+
+
 def _f(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
 def summarise(r: dict) -> str:
     """The tables of docs/synth.md, as Markdown."""
-    out = [f"Measured {r['date']} with `{r['command']}`.", ""]
+    out = [f"Measured {r['date']} (commit {r['commit']}) with `{r['command']}`.", ""]
     if "ts" in r:
         t = r["ts"]
         out += [
@@ -1091,7 +1114,7 @@ def summarise(r: dict) -> str:
         ]
         for key, name in (
             ("continuum_sun", "MARCS Sun"),
-            ("continuum_giant", "MARCS 5000/2.0/-1.0"),
+            ("continuum_giant", "MARCS giant 5000/2.0/0.0"),
         ):
             for row in t[key]["rows"]:
                 lo, hi = row["total_ratio_range"]
