@@ -5,7 +5,7 @@ densities of every species follow from the abundances with the electron density 
 model's value (so individual [X/Fe] labels change their own species' populations, not the
 atmosphere; see docs/synth.md). H, C, N, O and Mg are solved together with the molecules H2,
 CH, CN, C2, CO, OH, MgH and N2 by Newton iterations on ln(neutral atom density); the converged
-iterations are differentiated by autograd (the fixed point's derivative is exact at convergence).
+solution is differentiated implicitly (one Newton step from the converged point: exact at convergence).
 """
 
 from __future__ import annotations
@@ -53,7 +53,11 @@ def ionisation_ratios(
     thermal = SAHA_CONSTANT * temperature**1.5 / electron_density
     for j, chi in enumerate(chi_ev):
         ratios.append(
-            2.0 * partition[j + 1] / partition[j] * thermal * torch.exp(-chi / (K_B_EV * temperature))
+            2.0
+            * partition[j + 1]
+            / partition[j]
+            * thermal
+            * torch.exp(-chi / (K_B_EV * temperature))
         )
     return ratios
 
@@ -86,24 +90,36 @@ def molecular_equilibrium(
     ln_k = {code: torch.log(dissociation(code, temperature) / kt) for code in MOLECULES}
     total = torch.stack([nuclei[z] for z in elements], dim=-1)  # (D, E)
     factor = torch.stack([atomic_factor[z] for z in elements], dim=-1)
-    ln_n = torch.log(total / factor)  # no molecules: the starting guess
-    for _ in range(iterations):
+    # stoichiometry: molecules x elements
+    nu = torch.zeros(
+        len(MOLECULES), len(elements), dtype=temperature.dtype, device=temperature.device
+    )
+    for m, parts in enumerate(MOLECULES.values()):
+        for z in parts:
+            nu[m, index[z]] += 1.0
+    ln_k_all = torch.stack(list(ln_k.values()), dim=-1)  # (D, M)
+
+    def newton_step(ln_n, total, factor, ln_k_all):
         atoms = torch.exp(ln_n) * factor
-        conserved = atoms
-        jac = torch.diag_embed(atoms)
-        for code, parts in MOLECULES.items():
-            ln_mol = sum(ln_n[..., index[z]] for z in parts) - ln_k[code]
-            n_mol = torch.exp(ln_mol)
-            nu = torch.zeros(len(elements), dtype=temperature.dtype)
-            for z in parts:
-                nu[index[z]] += 1.0
-            conserved = conserved + n_mol[..., None] * nu
-            jac = jac + n_mol[..., None, None] * (nu[:, None] * nu[None, :])
+        n_mol = torch.exp(ln_n @ nu.T - ln_k_all)  # (D, M)
+        conserved = atoms + n_mol @ nu
+        jac = torch.diag_embed(atoms) + torch.einsum("dm,mi,mj->dij", n_mol, nu, nu)
         # residual in ln: ln(conserved) - ln(total); Jacobian d ln(conserved)/d ln n
         residual = torch.log(conserved) - torch.log(total)
         jac_ln = jac / conserved[..., :, None]
-        step = torch.linalg.solve(jac_ln, residual[..., None])[..., 0]
+        return torch.linalg.solve(jac_ln, residual[..., None])[..., 0]
+
+    # Iterate on detached values, then take one differentiable Newton step from the converged
+    # point: its derivative is the implicit-function derivative -J^-1 dr/dp (exact at
+    # convergence), so autograd and forward mode see one step instead of the whole iteration.
+    fixed = (total.detach(), factor.detach(), ln_k_all.detach())
+    ln_n = torch.log(fixed[0] / fixed[1])  # no molecules: the starting guess
+    for _ in range(iterations):
+        step = newton_step(ln_n, *fixed)
         ln_n = ln_n - step.clamp(-5.0, 5.0)
+        if float(step.abs().max()) < 1e-13:
+            break
+    ln_n = ln_n - newton_step(ln_n, total, factor, ln_k_all)
     neutral = {z: torch.exp(ln_n[..., index[z]]) for z in elements}
     molecules = {
         code: torch.exp(sum(ln_n[..., index[z]] for z in parts) - ln_k[code])
@@ -175,7 +191,9 @@ def depth_state(
 
     n_hi = density[1.0]
     hminus = (
-        n_hi * ne / (4.0 * SAHA_CONSTANT * temperature**1.5)
+        n_hi
+        * ne
+        / (4.0 * SAHA_CONSTANT * temperature**1.5)
         * torch.exp(HMINUS_BINDING_EV / (K_B_EV * temperature))
     )
     metal_neutral = {
@@ -200,15 +218,26 @@ def depth_state(
 
 
 def molecular_kp_from_constants(
-    d0_ev: float, mass_a: float, mass_b: float, u_a: float, u_b: float,
-    b_cm: float, omega_cm: float, symmetry: int, g_el: float, temperature: torch.Tensor,
+    d0_ev: float,
+    mass_a: float,
+    mass_b: float,
+    u_a: float,
+    u_b: float,
+    b_cm: float,
+    omega_cm: float,
+    symmetry: int,
+    g_el: float,
+    temperature: torch.Tensor,
 ) -> torch.Tensor:
     """K_p [dyn cm^-2] from dissociation energy and rigid-rotor/harmonic constants (fallback)."""
     hc_k = 1.4387769  # cm K
     mu = mass_a * mass_b / (mass_a + mass_b) * AMU
     translational = (2.0 * math.pi * mu * K_B * temperature / 6.62607015e-27**2) ** 1.5
-    u_mol = g_el * temperature / (symmetry * hc_k * b_cm) / (
-        -torch.expm1(-hc_k * omega_cm / temperature)
+    u_mol = (
+        g_el
+        * temperature
+        / (symmetry * hc_k * b_cm)
+        / (-torch.expm1(-hc_k * omega_cm / temperature))
     )
     k_n = u_a * u_b / u_mol * translational * torch.exp(-d0_ev / (K_B_EV * temperature))
     return k_n * K_B * temperature

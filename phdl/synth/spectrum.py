@@ -16,6 +16,7 @@ work splits in two:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from phdl.synth.lines import (
     HC_OVER_K_ANGSTROM,
     SQRT_PI,
     LineData,
+    line_parameter_tangents,
     line_parameters,
     voigt,
     voigt_and_derivatives,
@@ -64,7 +66,8 @@ class SynthInputs:
 
     `atmosphere(teff, logg, m_h, alpha_m)` returns a dict of (D,) tensors temperature [K],
     gas_pressure [dyn cm^-2], electron_density [cm^-3], column_mass [g cm^-2],
-    log_tau_ross, differentiable in its arguments. `solar_abundance` A(X) and masses [amu] per
+    log_tau_ross, differentiable in its arguments; given (B,) label tensors it may return
+    (B, D) tensors (one call for a batch; otherwise it is called once per row). `solar_abundance` A(X) and masses [amu] per
     atomic number; `ionisation_ev` the first two ionisation energies per Z.
     """
 
@@ -149,7 +152,9 @@ class Synthesizer:
         self._depth_index: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ labels and state
-    def label_tensor(self, labels: Mapping[str, float] | torch.Tensor | Sequence[float]) -> torch.Tensor:
+    def label_tensor(
+        self, labels: Mapping[str, float] | torch.Tensor | Sequence[float]
+    ) -> torch.Tensor:
         """Labels as a tensor in `label_names` order; missing [X/Fe] default to 0."""
         if isinstance(labels, Mapping):
             missing = [n for n in ("teff", "logg", "fe_h") if n not in labels]
@@ -170,12 +175,48 @@ class Synthesizer:
         return theta
 
     def _get(self, theta: torch.Tensor, name: str, default: float) -> torch.Tensor:
+        """Label `name` of (B, K) labels as a (B,) tensor (the default where it is not a label)."""
         if name in self.label_names:
-            return theta[self.label_names.index(name)]
-        return torch.tensor(default, dtype=theta.dtype)
+            return theta[:, self.label_names.index(name)]
+        return torch.full(theta.shape[:1], default, dtype=theta.dtype)
 
     def state(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-depth state (atmosphere, populations) as a differentiable function of labels."""
+        return {
+            k: v[..., 0, :] if k != "vmic" else v[0]
+            for k, v in self._batch_state(theta[None]).items()
+        }
+
+    def state_jacobian(
+        self, theta: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The state and its Jacobian d state / d label, each (*shape, K), in one forward pass.
+
+        Forward-mode AD with K copies of the labels, copy k carrying the tangent e_k: the EOS
+        is elementwise in depth, so the copies ride along the depth axis and all K directional
+        derivatives cost about one state evaluation (no torch.func transforms, which trace
+        the ~10^3 small EOS operations through Python decompositions).
+        """
+        import torch.autograd.forward_ad as fwad
+
+        k = theta.shape[0]
+        with fwad.dual_level():
+            dual = fwad.make_dual(theta.expand(k, k).clone(), torch.eye(k, dtype=theta.dtype))
+            batch = self._batch_state(dual)
+            state, jac = {}, {}
+            for key, value in batch.items():
+                primal, tangent = fwad.unpack_dual(value)
+                if tangent is None:
+                    tangent = torch.zeros_like(primal)
+                if key == "vmic":
+                    state[key], jac[key] = primal[0], tangent
+                else:
+                    state[key] = primal[..., 0, :]
+                    jac[key] = torch.movedim(tangent, -2, -1)  # (..., D, K)
+        return state, jac
+
+    def _batch_state(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """State of B label vectors (B, K): per-depth entries (..., B, D), vmic (B,)."""
         teff = self._get(theta, "teff", 5777.0)
         logg = self._get(theta, "logg", 4.44)
         fe_h = self._get(theta, "fe_h", 0.0)
@@ -186,12 +227,21 @@ class Synthesizer:
             # at the edge (zero derivative) and the labels act on line opacities alone
             alpha = alpha.clamp(ALPHA_M_RANGE[0], ALPHA_M_RANGE[1])
         else:
-            alpha = torch.zeros((), dtype=theta.dtype)
-        atm = self.inputs.atmosphere(teff, logg, fe_h, alpha)
-        if self._depth_index is None:  # fixed once, outside any torch.func transform
-            keep = atm["log_tau_ross"].detach() >= self.config.log_tau_top
+            alpha = torch.zeros_like(teff)
+        atm = self.inputs.atmosphere(teff, logg, fe_h, alpha)  # (B, D_all) each
+        if atm["temperature"].dim() != 2:  # an atmosphere callable for scalar labels only
+            rows = [self.inputs.atmosphere(*x) for x in zip(teff, logg, fe_h, alpha)]
+            atm = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+        if self._depth_index is None:  # fixed once per synthesizer
+            keep = atm["log_tau_ross"].detach()[0] >= self.config.log_tau_top
             self._depth_index = torch.nonzero(keep)[:, 0][:: self.config.depth_stride]
-        atm = {k: v[self._depth_index] for k, v in atm.items()}
+        n_batch, n_depth = theta.shape[0], self._depth_index.shape[0]
+        # the EOS is elementwise in depth: B copies are B * D "depths"
+        atm = {k: v[:, self._depth_index].reshape(-1) for k, v in atm.items()}
+
+        def per_depth(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat_interleave(n_depth)
+
         log_abundance = {}
         z_label = {z: f"{el.lower()}_fe" for el, z in ELEMENT_Z.items()}
         for z, a_sun in self.inputs.solar_abundance.items():
@@ -201,8 +251,8 @@ class Synthesizer:
                 log_abundance[z] = torch.tensor(a_sun, dtype=theta.dtype)
             else:
                 offset = fe_h + (self._get(theta, z_label[z], 0.0) if z in z_label else 0.0)
-                log_abundance[z] = a_sun + offset
-        return depth_state(
+                log_abundance[z] = per_depth(a_sun + offset)
+        flat = depth_state(
             atm,
             log_abundance,
             self.inputs.masses_amu,
@@ -210,8 +260,11 @@ class Synthesizer:
             self.inputs.partition_function,
             self.inputs.dissociation,
             self.inputs.species,
-            vmic,
+            per_depth(vmic),
         )
+        out = {k: v.reshape(*v.shape[:-1], n_batch, n_depth) for k, v in flat.items()}
+        out["vmic"] = out["vmic"][:, 0]
+        return out
 
     # ------------------------------------------------------------------ opacities
     @staticmethod
@@ -238,7 +291,9 @@ class Synthesizer:
             lines = lines.subset(inside)
             ln_amp, width, damping = line_parameters(state, lines)
             cont = self._continuum(self.continuum_grid, state)
-            pos = (torch.log(lines.wavelength) - self.ln_lambda0) / (self.ln_step * cfg.continuum_stride)
+            pos = (torch.log(lines.wavelength) - self.ln_lambda0) / (
+                self.ln_step * cfg.continuum_stride
+            )
             j = pos.floor().long().clamp(0, cont.shape[0] - 2)
             t = (pos - j).clamp(0, 1)[:, None]
             cont_at = cont[j] * (1 - t) + cont[j + 1] * t
@@ -247,17 +302,25 @@ class Synthesizer:
             core = width.max(dim=1).values * torch.sqrt(
                 torch.log((peak / cfg.window_threshold).clamp(min=1.0))
             )
-            wing = torch.sqrt(amp_rel * damping * width / (math.pi * cfg.window_threshold)).max(dim=1).values
+            wing = (
+                torch.sqrt(amp_rel * damping * width / (math.pi * cfg.window_threshold))
+                .max(dim=1)
+                .values
+            )
             half = torch.maximum(core, wing).clamp(cfg.min_half_width, cfg.max_half_width)
             half = torch.where(peak > 100.0, half.clamp(min=cfg.strong_half_width), half)
             keep = peak >= cfg.min_line_strength
             lines = lines.subset(keep)
             half = half[keep]
-            centre = torch.round((torch.log(lines.wavelength) - self.ln_lambda0) / self.ln_step).long()
+            centre = torch.round(
+                (torch.log(lines.wavelength) - self.ln_lambda0) / self.ln_step
+            ).long()
             pixels = torch.ceil(half / (lines.wavelength * self.ln_step)).long()
             # buckets of power-of-two half widths keep padding low
             size = torch.pow(2, torch.ceil(torch.log2(pixels.clamp(min=2).double()))).long()
-            buckets = [(int(s), torch.nonzero(size == s)[:, 0]) for s in torch.unique(size).tolist()]
+            buckets = [
+                (int(s), torch.nonzero(size == s)[:, 0]) for s in torch.unique(size).tolist()
+            ]
         return LinePlan(lines=lines, centre=centre, half_width=size, buckets=buckets)
 
     def _line_chunks(self, plan: LinePlan):
@@ -333,7 +396,9 @@ class Synthesizer:
             if return_fine:
                 return flux, None
             return (self._kernel @ flux[:, None])[:, 0], None
-        return self._synthesize_with_gradients(theta, state, plan, kappa_line, cont, hyd, return_fine)
+        return self._synthesize_with_gradients(
+            theta, state, plan, kappa_line, cont, hyd, return_fine
+        )
 
     def _interp_all(self, coarse: torch.Tensor) -> torch.Tensor:
         return self._interp(coarse, self.config.continuum_stride, 0, self.fine.shape[0])
@@ -346,7 +411,9 @@ class Synthesizer:
         """Continuum flux on the continuum grid (smooth: interpolated to the fine grid)."""
         shape = cont.shape
         tensors = [
-            cont, state["rho"].expand(shape), state["column_mass"].expand(shape),
+            cont,
+            state["rho"].expand(shape),
+            state["column_mass"].expand(shape),
             state["temperature"].expand(shape),
         ]
         if leaves:
@@ -381,26 +448,44 @@ class Synthesizer:
         return emergent_flux(tau, self._source(self.fine[start:stop], temp)), tensors
 
     def _state_partials(self, fn, grid, state, keys) -> dict[tuple[str, int], torch.Tensor]:
-        """d fn(grid, state)(lambda, d) / d state[key][row, d] (diagonal in depth), per key/row."""
-        partials = {}
-        for key in keys:
-            value = state[key]
-            rows = value.shape[0] if value.dim() == 2 else 1
-            for row in range(rows):
-                tangent = {k: torch.zeros_like(v) for k, v in state.items()}
-                if value.dim() == 2:
-                    tangent[key][row] = 1.0
+        """d fn(grid, state)(lambda, d) / d state[key][row, d] (diagonal in depth), per key/row.
+
+        One forward-mode pass: fn is elementwise in depth, so Q copies of the depth axis, copy q
+        carrying a unit tangent on its own key/row, give all Q partials at once.
+        """
+        import torch.autograd.forward_ad as fwad
+
+        entries = [
+            (key, row)
+            for key in keys
+            for row in range(state[key].shape[0] if state[key].dim() == 2 else 1)
+        ]
+        n_copies, n_depth = len(entries), state["temperature"].shape[0]
+        with fwad.dual_level():
+            copies = {}
+            for name, value in state.items():
+                if name == "vmic":
+                    primal = value.expand(n_copies * n_depth).clone()
                 else:
-                    tangent[key] = torch.ones_like(value)
-                _, d = torch.func.jvp(lambda s: fn(grid, s), (state,), (tangent,))
-                partials[(key, row)] = d
-        return partials
+                    primal = value.repeat(*([1] * (value.dim() - 1)), n_copies)
+                tangent = None
+                for q, (key, row) in enumerate(entries):
+                    if key == name:
+                        tangent = torch.zeros_like(primal) if tangent is None else tangent
+                        target = tangent[row] if value.dim() == 2 else tangent
+                        target[q * n_depth : (q + 1) * n_depth] = 1.0
+                copies[name] = primal if tangent is None else fwad.make_dual(primal, tangent)
+            primal, out = fwad.unpack_dual(fn(grid, copies))
+        if out is None:  # fn does not depend on these keys here (e.g. no hydrogen line near)
+            out = torch.zeros_like(primal)
+        out = out.reshape(out.shape[0], n_copies, n_depth)
+        return {entry: out[:, q] for q, entry in enumerate(entries)}
 
     def _synthesize_with_gradients(self, theta, state, plan, kappa_line, cont, hyd, return_fine):
         cfg = self.config
         n_fine = self.fine.shape[0]
         n_depth = state["temperature"].shape[0]
-        jac = torch.func.jacfwd(self.state)(theta)  # each: (*shape, K)
+        _, jac = self.state_jacobian(theta)  # each: (*shape, K)
         k_labels = theta.shape[0]
         cont_partials = self._state_partials(
             self._continuum, self.continuum_grid, state, CONTINUUM_KEYS + ("metal_neutral_over_u",)
@@ -415,7 +500,11 @@ class Synthesizer:
                 return t[None, :].expand(n_depth, k_labels)
             return t[row] if t.dim() == 3 else t
 
-        structure = [tangent_of("rho", 0), tangent_of("column_mass", 0), tangent_of("temperature", 0)]
+        structure = [
+            tangent_of("rho", 0),
+            tangent_of("column_mass", 0),
+            tangent_of("temperature", 0),
+        ]
         cont_tangents = torch.stack(structure + [tangent_of(*key) for key in cont_partials])
         hyd_tangents = torch.stack([tangent_of(*key) for key in hyd_partials])
 
@@ -442,10 +531,13 @@ class Synthesizer:
             g = total.grad  # d F / d kappa for every opacity source
             g_line[start:stop] = g
             sens = [rho.grad, mass.grad, temp.grad] + [
-                g * self._interp(p, cfg.continuum_stride, start, stop) for p in cont_partials.values()
+                g * self._interp(p, cfg.continuum_stride, start, stop)
+                for p in cont_partials.values()
             ]
             dflux[start:stop] += torch.einsum("qld,qdk->lk", torch.stack(sens), cont_tangents)
-            sens = [g * self._interp(p, cfg.hydrogen_stride, start, stop) for p in hyd_partials.values()]
+            sens = [
+                g * self._interp(p, cfg.hydrogen_stride, start, stop) for p in hyd_partials.values()
+            ]
             dflux[start:stop] += torch.einsum("qld,qdk->lk", torch.stack(sens), hyd_tangents)
         self._line_gradients(state, jac, plan, g_line, dflux)
         # normalise: f = F / Fc  =>  df = dF / Fc - F dFc / Fc^2
@@ -459,29 +551,15 @@ class Synthesizer:
     def _line_gradients(self, state, jac, plan, g_line, dflux) -> None:
         """Add sum_d G(lambda, d) d kappa_line(lambda, d)/d label, line by line (exact)."""
         n_depth = state["temperature"].shape[0]
-        # tangents with the label axis first, for vmap
-        tangents = {k: torch.movedim(v, -1, 0) for k, v in jac.items()}
         for half, idx in self._line_chunks(plan):
             sub = plan.lines.subset(idx)
-
-            def params(s, sub=sub):
-                return line_parameters(s, sub)
-
-            def push(t, params=params):
-                return torch.func.jvp(params, (state,), (t,))
-
-            (ln_amp, width, damping), (d_ln, d_w, d_a) = torch.func.vmap(
-                push, in_dims=(0,), out_dims=(None, 0)
-            )(tangents)
-            pix, kappa, k_w, k_a = self._line_profile(
-                plan, idx, half, (ln_amp, width, damping), derivatives=True
-            )
+            params = line_parameters(state, sub)
+            d_params = line_parameter_tangents(state, jac, sub, params)  # 3 x (Lc, D, K)
+            pix, kappa, k_w, k_a = self._line_profile(plan, idx, half, params, derivatives=True)
             g = g_line[pix]  # (Lc, W, D)
-            contrib = (
-                torch.einsum("lwd,kld->lwk", g * kappa, d_ln)
-                + torch.einsum("lwd,kld->lwk", g * k_w, d_w)
-                + torch.einsum("lwd,kld->lwk", g * k_a, d_a)
-            )
+            # one batched matmul: (Lc, W, 3D) @ (Lc, 3D, K)
+            weighted = torch.cat([g * kappa, g * k_w, g * k_a], dim=2)
+            contrib = torch.bmm(weighted, torch.cat(d_params, dim=1))
             dflux.index_add_(0, pix.reshape(-1), contrib.reshape(-1, contrib.shape[-1]))
         del n_depth
 
@@ -497,10 +575,15 @@ class Synthesizer:
             raise ValueError("phdl.synth: output wavelengths too close to the internal grid edge")
         weights = np.exp(-0.5 * ((ln_fine[cols] - ln_out[:, None]) / sigma_ln) ** 2)
         weights /= weights.sum(axis=1, keepdims=True)
-        rows = np.repeat(np.arange(ln_out.size), cols.shape[1])
-        indices = torch.as_tensor(np.stack([rows, cols.reshape(-1)]))
-        matrix = torch.sparse_coo_tensor(
-            indices, torch.as_tensor(weights.reshape(-1), dtype=self.config.dtype),
-            (ln_out.size, ln_fine.size),
-        )
-        return matrix.to_sparse_csr()
+        # CSR built directly (rows are consecutive, each with the same number of taps)
+        crow = torch.arange(0, ln_out.size * cols.shape[1] + 1, cols.shape[1])
+        # silence "sparse CSR support is in beta": it serves one matrix product here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                crow,
+                torch.as_tensor(cols.reshape(-1)),
+                torch.as_tensor(weights.reshape(-1), dtype=self.config.dtype),
+                (ln_out.size, ln_fine.size),
+                check_invariants=False,
+            )
