@@ -44,20 +44,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="grid file to create or resume (HDF5, schema v1)")
     p.add_argument("-n", "--n-spectra", type=int, default=1000)
     p.add_argument("--sampling", choices=SAMPLINGS, default="lhs")
-    p.add_argument("--prior", choices=PRIORS, default="none", help="'stellar': keep Teff/logg on the MS/SGB/RGB")
-    p.add_argument("--range", dest="ranges", action="append", type=_parse_range, default=[],
-                   metavar="NAME=LO:HI", help="override a sampling range (repeatable)")
+    p.add_argument(
+        "--prior",
+        choices=PRIORS,
+        default="none",
+        help="'stellar': keep Teff/logg on the MS/SGB/RGB",
+    )
+    p.add_argument(
+        "--range",
+        dest="ranges",
+        action="append",
+        type=_parse_range,
+        default=[],
+        metavar="NAME=LO:HI",
+        help="override a sampling range (repeatable)",
+    )
     p.add_argument("--labels-csv", help="CSV of labels to synthesise instead of sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: CPU count / workers)",
+    )
     p.add_argument("--resolution", type=float, default=1800.0)
-    p.add_argument("--wavelength-range", nargs=2, type=float, default=(3700.0, 9100.0),
-                   metavar=("MIN", "MAX"), help="Angstrom, LAMOST log-linear vacuum grid")
+    p.add_argument(
+        "--wavelength-range",
+        nargs=2,
+        type=float,
+        default=(3700.0, 9100.0),
+        metavar=("MIN", "MAX"),
+        help="Angstrom, LAMOST log-linear vacuum grid",
+    )
     p.add_argument("--no-gradients", action="store_true", help="flux only (gradients stay NaN)")
     p.add_argument("--fine-step", type=float, default=SynthConfig.fine_step)
     p.add_argument("--depth-stride", type=int, default=SynthConfig.depth_stride)
-    p.add_argument("--inputs", default="phdl.synth.inputs:default_inputs",
-                   help="module:function returning SynthInputs (atmospheres, atomic data, lines)")
+    p.add_argument(
+        "--inputs",
+        default="phdl.synth.inputs:default_inputs",
+        help="module:function returning SynthInputs (atmospheres, atomic data, lines)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -70,12 +97,16 @@ def _load_factory(spec: str):
 def _init_worker(inputs_spec, wavelength, resolution, config, threads) -> None:
     torch.set_num_threads(threads)
     inputs = _load_factory(inputs_spec)()
-    _WORKER["synth"] = Synthesizer(inputs, wavelength=wavelength, resolution=resolution, config=config)
+    _WORKER["synth"] = Synthesizer(
+        inputs, wavelength=wavelength, resolution=resolution, config=config
+    )
 
 
 def _compute(index: int, labels: np.ndarray, gradients: bool):
     synth: Synthesizer = _WORKER["synth"]
-    flux, grads = synth.synthesize(torch.as_tensor(labels, dtype=torch.float64), gradients=gradients)
+    flux, grads = synth.synthesize(
+        torch.as_tensor(labels, dtype=torch.float64), gradients=gradients
+    )
     flux = flux.numpy().astype(np.float32)
     if grads is None:
         grads = np.full((len(labels), flux.size), np.nan, dtype=np.float32)
@@ -88,12 +119,18 @@ def _prepare(args, path: Path) -> np.ndarray:
     """Create the grid with its labels, or check the existing one; returns the labels."""
     if path.exists():
         with h5py.File(path, "r") as f:
-            names = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in f["label_names"][...])
+            names = tuple(
+                v.decode() if isinstance(v, bytes) else str(v) for v in f["label_names"][...]
+            )
             labels = f["labels"][...].astype(np.float64)
             if names != DEFAULT_LABELS:
-                raise SystemExit(f"{path}: label names {names} differ from phdl.synth's {DEFAULT_LABELS}")
+                raise SystemExit(
+                    f"{path}: label names {names} differ from phdl.synth's {DEFAULT_LABELS}"
+                )
             if "completed" not in f:
-                raise SystemExit(f"{path}: a finished grid (no 'completed' dataset); not overwriting")
+                raise SystemExit(
+                    f"{path}: a finished grid (no 'completed' dataset); not overwriting"
+                )
         return labels
     if args.labels_csv:
         labels = read_label_table(args.labels_csv, DEFAULT_LABELS)
@@ -103,10 +140,20 @@ def _prepare(args, path: Path) -> np.ndarray:
         )
     wavelength = lamost_wavelength(*args.wavelength_range)
     create_grid(
-        path, wavelength, DEFAULT_LABELS, labels, DEFAULT_LABELS,
-        medium="vacuum", resolution=args.resolution, source=SOURCE, normalisation=NORMALISATION,
-        extra_attrs={"synth_inputs": args.inputs, "synth_fine_step": args.fine_step,
-                     "synth_gradients": not args.no_gradients},
+        path,
+        wavelength,
+        DEFAULT_LABELS,
+        labels,
+        DEFAULT_LABELS,
+        medium="vacuum",
+        resolution=args.resolution,
+        source=SOURCE,
+        normalisation=NORMALISATION,
+        extra_attrs={
+            "synth_inputs": args.inputs,
+            "synth_fine_step": args.fine_step,
+            "synth_gradients": not args.no_gradients,
+        },
     )
     return labels
 
@@ -126,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return summary
     config = SynthConfig(fine_step=args.fine_step, depth_stride=args.depth_stride)
     workers = max(1, min(args.workers, todo.size))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     start = time.time()
     from tqdm import tqdm
 
