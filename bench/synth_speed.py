@@ -1,0 +1,137 @@
+"""How fast is phdl.synth? One spectrum (with and without its 30 gradient spectra), the fixed
+per-spectrum overhead, and the wall time of a 1000-spectrum `phdl synth` grid on this machine.
+
+    python bench/synth_speed.py                    # everything, 2 threads, best of 3
+    python bench/synth_speed.py --skip-full        # the demo window only (quicker)
+    python bench/synth_speed.py --grid-spectra 8   # also run `phdl synth` on 8 spectra for real
+
+Times are best-of-N wall seconds (and the process CPU seconds of that run); on a shared host
+the load average is printed with them, since other jobs slow every number here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from phdl.labels import DEFAULT_LABELS
+from phdl.synth.inputs import default_inputs
+from phdl.synth.sample import sample_labels
+from phdl.synth.spectrum import SynthConfig, Synthesizer, lamost_wavelength
+
+FULL_RANGE = (3700.0, 9100.0)
+DEMO_RANGE = (3900.0, 5800.0)  # phdl.demo's full-size grid
+SMALL_RANGE = (5100.0, 5150.0)  # 50 A: what is left is per-spectrum overhead
+STAR = {"teff": 5000.0, "logg": 3.0, "fe_h": -0.5}
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def best_of(fn, repeats: int) -> tuple[float, float]:
+    """(best wall seconds, CPU seconds of that run) over `repeats` calls."""
+    best = (float("inf"), float("inf"))
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        best = min(best, (time.perf_counter() - wall, time.process_time() - cpu))
+    return best
+
+
+def time_spectra(
+    lo: float, hi: float, labels, repeats: int, config: SynthConfig, device: str
+) -> dict[str, tuple[float, float]]:
+    inputs = default_inputs(0.2)
+    with torch.device(device):
+        synth = Synthesizer(inputs, wavelength=lamost_wavelength(lo, hi), config=config)
+        synth.synthesize(labels, gradients=True)  # warm-up: first-call imports and caches
+        out = {}
+        for gradients in (False, True):
+            out["with gradients" if gradients else "flux only"] = best_of(
+                lambda g=gradients: synth.synthesize(labels, gradients=g), repeats
+            )
+    return out
+
+
+def projected_grid(lo: float, hi: float, n_labels: int, workers: int, seed: int) -> float:
+    """Seconds per spectrum (with gradients) at one thread, averaged over prior-sampled stars."""
+    torch.set_num_threads(1)
+    labels = sample_labels(n_labels, DEFAULT_LABELS, {}, "lhs", "stellar", seed)
+    synth = Synthesizer(default_inputs(0.2), wavelength=lamost_wavelength(lo, hi))
+    synth.synthesize(labels[0], gradients=True)
+    times = []
+    for row in labels:
+        start = time.perf_counter()
+        synth.synthesize(torch.as_tensor(row), gradients=True)
+        times.append(time.perf_counter() - start)
+    return float(np.mean(times))
+
+
+def measured_grid(lo: float, hi: float, n_spectra: int, workers: int, seed: int) -> float:
+    """Wall seconds of a real `phdl synth` run (worker start-up included)."""
+    from phdl.synth import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grid.h5"
+        start = time.perf_counter()
+        run.main(
+            [
+                str(path), "-n", str(n_spectra), "--workers", str(workers), "--seed", str(seed),
+                "--prior", "stellar", "--wavelength-range", str(lo), str(hi), "--quiet",
+            ]
+        )  # fmt: skip
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2, help="torch threads for one spectrum")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (one spectrum timings only)")
+    p.add_argument("--skip-full", action="store_true", help="skip the 3700-9100 A spectrum")
+    p.add_argument("--depth-stride", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="phdl synth workers for the grid")
+    p.add_argument("--grid-stars", type=int, default=4, help="stars averaged for the projection")
+    p.add_argument("--grid-spectra", type=int, default=0, help="also run phdl synth on this many")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    config = SynthConfig(depth_stride=args.depth_stride)
+    print(f"phdl.synth speed: {args.threads} threads, device {args.device}, {load()}")
+    print(f"star {STAR}, best of {args.repeats} (wall s / CPU s)")
+    ranges = [("demo window", DEMO_RANGE), ("50 A window", SMALL_RANGE)]
+    if not args.skip_full:
+        ranges.insert(0, ("full range", FULL_RANGE))
+    for name, (lo, hi) in ranges:
+        for kind, (wall, cpu) in time_spectra(
+            lo, hi, STAR, args.repeats, config, args.device
+        ).items():
+            print(f"  {name:12s} {lo:.0f}-{hi:.0f} A  {kind:15s} {wall:7.2f} s  (CPU {cpu:6.2f} s)")
+    if args.device != "cpu":
+        return
+    per = projected_grid(*DEMO_RANGE, args.grid_stars, args.workers, args.seed)
+    hours = 1000 * per / args.workers / 3600
+    print(
+        f"1000-spectrum grid, demo window {DEMO_RANGE[0]:.0f}-{DEMO_RANGE[1]:.0f} A, with gradients:"
+        f" {per:.2f} s per spectrum on one thread ({args.grid_stars} prior-sampled stars) ->"
+        f" {hours * 60:.0f} min on {args.workers} workers (projected; {load()})"
+    )
+    if args.grid_spectra:
+        seconds = measured_grid(*DEMO_RANGE, args.grid_spectra, args.workers, args.seed)
+        print(
+            f"phdl synth, {args.grid_spectra} spectra, {args.workers} workers: {seconds:.1f} s"
+            f" -> {1000 * seconds / args.grid_spectra / 60:.0f} min per 1000 (measured; {load()})"
+        )
+
+
+if __name__ == "__main__":
+    main()
