@@ -20,12 +20,16 @@ def chebyshev_basis(
     """Design matrix (P, M) of Chebyshev polynomials T_0..T_order in wavelength [Angstrom].
 
     `segments` are break wavelengths [A] (e.g. between a spectrograph's blue and red arms): each
-    segment gets its own polynomial (zero outside it), so M = (order + 1) x n_segments.
+    segment gets its own polynomial (zero outside it), so M = (order + 1) x n_segments. Breaks
+    outside the grid's range are ignored, so one LAMOST config (break at the 5800 A dichroic)
+    serves emulators that cover one arm only.
     """
     wavelength = np.asarray(wavelength, dtype=np.float64)
     if order < 0:
         raise ValueError(f"continuum order must be >= 0, got {order}")
-    edges = [-np.inf, *sorted(float(s) for s in (segments or ())), np.inf]
+    breaks = sorted(float(s) for s in (segments or ()))
+    breaks = [b for b in breaks if wavelength[0] < b <= wavelength[-1]]
+    edges = [-np.inf, *breaks, np.inf]
     columns = []
     for low, high in zip(edges[:-1], edges[1:]):
         inside = (wavelength >= low) & (wavelength < high)
