@@ -38,6 +38,8 @@ NEWTON_ITERATIONS = 25
 
 #: Partition function: (species code, temperature tensor) -> tensor.
 PartitionFunction = Callable[[float, torch.Tensor], torch.Tensor]
+#: Batched partition functions of atoms: (species codes, temperature (D,)) -> (codes, D).
+PartitionFunctions = Callable[[Sequence[float], torch.Tensor], torch.Tensor]
 #: Molecular dissociation constant K_p = p_A p_B / p_AB [dyn cm^-2]: (code, T) -> tensor.
 DissociationConstant = Callable[[float, torch.Tensor], torch.Tensor]
 
@@ -137,12 +139,14 @@ def depth_state(
     dissociation: DissociationConstant,
     species: Sequence[float],
     vmic_kms: torch.Tensor,
+    partition_functions: PartitionFunctions | None = None,
 ) -> dict[str, torch.Tensor]:
     """Everything the opacities need per depth, as a dict of tensors (a torch.func pytree).
 
     atmosphere: temperature [K], gas_pressure [dyn cm^-2], electron_density [cm^-3],
     column_mass [g cm^-2], each (D,). log_abundance: A(X) = log10(N_X/N_H) + 12 per Z.
     species: MOOG codes whose ln(N/U) populations the line list needs, in order.
+    partition_functions: optional batched U (codes, T) -> (len(codes), D) for atoms.
     """
     temperature = atmosphere["temperature"]
     pressure = atmosphere["gas_pressure"]
@@ -154,40 +158,62 @@ def depth_state(
     rho = n_h_total * AMU * sum(eps[z] * masses_amu[z] for z in eps)
     nuclei = {z: eps[z] * n_h_total for z in eps}
 
-    fractions: dict[int, list[torch.Tensor]] = {}
-    partitions: dict[int, list[torch.Tensor]] = {}
-    for z in eps:
-        if z == 1:
-            u = [torch.full_like(temperature, 2.0), torch.ones_like(temperature)]
-            chi = (HYDROGEN_IONISATION_EV,)
-        else:
-            chi = tuple(ionisation_ev[z][:2])
-            u = [partition_function(z + 0.1 * j, temperature) for j in range(len(chi) + 1)]
-        partitions[z] = u
-        fractions[z] = stage_fractions(ionisation_ratios(temperature, ne, u, chi))
+    # hydrogen: U = 2 (neutral), 1 (ion)
+    h_u = [torch.full_like(temperature, 2.0), torch.ones_like(temperature)]
+    h_frac = stage_fractions(ionisation_ratios(temperature, ne, h_u, (HYDROGEN_IONISATION_EV,)))
+    # every other element at once, stages I-III: (E, 3, D) (few large ops instead of ~10^3
+    # small ones, which matters most for the forward-mode Jacobian)
+    elements = [z for z in eps if z != 1]
+    row = {z: e for e, z in enumerate(elements)}
+    codes = [z + 0.1 * j for z in elements for j in range(3)]
+    if partition_functions is not None:
+        u_all = partition_functions(codes, temperature)
+    else:
+        u_all = torch.stack([partition_function(c, temperature) for c in codes])
+    u_all = u_all.reshape(len(elements), 3, -1)
+    chi = torch.tensor(
+        [ionisation_ev[z][:2] for z in elements], dtype=temperature.dtype, device=temperature.device
+    )[:, :, None]
+    thermal = SAHA_CONSTANT * temperature**1.5 / ne
+    ratios = 2.0 * u_all[:, 1:] / u_all[:, :-1] * thermal * torch.exp(-chi / (K_B_EV * temperature))
+    first = ratios[:, 0]
+    terms = torch.stack([torch.ones_like(first), first, first * ratios[:, 1]], dim=1)
+    frac = terms / terms.sum(dim=1, keepdim=True)  # (E, 3, D)
 
-    atomic_factor = {z: 1.0 / fractions[z][0] for z in MOLECULAR_ELEMENTS if z in eps}
+    atomic_factor = {
+        z: 1.0 / (h_frac[0] if z == 1 else frac[row[z], 0]) for z in MOLECULAR_ELEMENTS if z in eps
+    }
     neutral, molecules = molecular_equilibrium(
         temperature, {z: nuclei[z] for z in atomic_factor}, atomic_factor, dissociation
     )
-    density: dict[float, torch.Tensor] = {}
-    for z in eps:
-        n0 = neutral[z] if z in neutral else nuclei[z] * fractions[z][0]
-        for j, frac in enumerate(fractions[z]):
-            density[z + 0.1 * j] = n0 * frac / fractions[z][0]
+    n0 = torch.stack(
+        [neutral[z] if z in neutral else nuclei[z] * frac[e, 0] for e, z in enumerate(elements)]
+    )
+    ln_atomic = torch.log(n0[:, None] * frac / frac[:, :1]) - torch.log(u_all)  # (E, 3, D)
+    h_n0 = neutral[1] if 1 in neutral else nuclei[1] * h_frac[0]
+    density: dict[float, torch.Tensor] = {
+        1.0: h_n0 * h_frac[0] / h_frac[0],
+        1.1: h_n0 * h_frac[1] / h_frac[0],
+    }
     density.update(molecules)
 
-    ln_population = []
-    for code in species:
+    # ln(N/U) of the line species, in order: atoms gathered from (E, 3, D), the rest one by one
+    rows, atom_rows, atom_pos = [], [], []
+    for k, code in enumerate(species):
+        z = int(round(code)) if code < 100 else None
+        if z in row:
+            atom_rows.append(3 * row[z] + int(round((code - z) * 10)))
+            atom_pos.append(k)
+            continue
         if code not in density:
             raise KeyError(f"phdl.synth: no number density for species {code} (not in the EOS)")
-        z = int(round(code)) if code < 100 else None
-        if z is not None and z in partitions:
-            stage = int(round((code - z) * 10))
-            u = partitions[z][stage]
-        else:
-            u = partition_function(code, temperature)
-        ln_population.append(torch.log(density[code]) - torch.log(u))
+        u = h_u[int(round((code - 1) * 10))] if z == 1 else partition_function(code, temperature)
+        rows.append((k, torch.log(density[code]) - torch.log(u)))
+    flat = ln_atomic.reshape(3 * len(elements), -1)
+    pieces = [flat[torch.tensor(atom_rows, dtype=torch.long, device=flat.device)]]
+    pieces += [r[None] for _, r in rows]
+    order = torch.tensor(atom_pos + [k for k, _ in rows], dtype=torch.long, device=flat.device)
+    ln_population = torch.cat(pieces)[torch.argsort(order)]
 
     n_hi = density[1.0]
     hminus = (
@@ -196,9 +222,7 @@ def depth_state(
         / (4.0 * SAHA_CONSTANT * temperature**1.5)
         * torch.exp(HMINUS_BINDING_EV / (K_B_EV * temperature))
     )
-    metal_neutral = {
-        z: density[z + 0.0] / partitions[z][0] for z in (6, 12, 13, 14, 20, 26) if z in eps
-    }
+    metal_neutral = {z: n0[row[z]] / u_all[row[z], 0] for z in (6, 12, 13, 14, 20, 26) if z in row}
     return {
         "temperature": temperature,
         "column_mass": atmosphere["column_mass"],
@@ -208,8 +232,8 @@ def depth_state(
         "n_hii": density[1.1],
         "n_hminus": hminus,
         "n_h2": density[101.0],
-        "n_hei": density[2.0] if 2 in eps else torch.zeros_like(temperature),
-        "ln_population": torch.stack(ln_population, dim=0),
+        "n_hei": n0[row[2]] if 2 in row else torch.zeros_like(temperature),
+        "ln_population": ln_population,
         "metal_neutral_over_u": torch.stack(
             [metal_neutral.get(z, torch.zeros_like(temperature)) for z in (6, 12, 13, 14, 20, 26)]
         ),

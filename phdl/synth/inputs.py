@@ -54,9 +54,7 @@ def default_inputs(min_log_strength: float = 0.2) -> SynthInputs:
         vdw_alpha=t(raw.vdw_alpha),
         log_gamma_vdw=t(raw.log_gamma_vdw),
     )
-    elements = sorted(
-        set(BASE_ELEMENTS) | {int(c) for c in species if c < 100}
-    )
+    elements = sorted(set(BASE_ELEMENTS) | {int(c) for c in species if c < 100})
     elements = [z for z in elements if atomic.solar_log_eps(z) > -4.9 or z == 1]
 
     def atmosphere(teff, logg, m_h, alpha_m) -> dict[str, torch.Tensor]:
@@ -66,6 +64,17 @@ def default_inputs(min_log_strength: float = 0.2) -> SynthInputs:
         if code >= 100:
             return 10.0 ** atomic.molecular_log10_partition_function(code, temperature)
         return atomic.partition_function(code, temperature)
+
+    def partition_functions(codes, temperature: torch.Tensor) -> torch.Tensor:
+        """U(T) of atoms/ions (codes Z.stage), (codes, D): atomic.partition_function, batched."""
+        ln_grid, table = atomic._log_u_table(str(temperature.device), temperature.dtype)
+        z = torch.tensor([int(round(c)) - 1 for c in codes], device=temperature.device)
+        stage = torch.tensor([int(round((c - round(c)) * 10)) for c in codes], device=z.device)
+        y = table[z, stage]  # (C, G) log10 U on the ln T grid
+        x = torch.clamp(torch.log(temperature), float(ln_grid[0]), float(ln_grid[-1]))
+        i = torch.clamp(torch.searchsorted(ln_grid, x.detach()), 1, len(ln_grid) - 1)
+        x0, x1 = ln_grid[i - 1], ln_grid[i]
+        return 10.0 ** (y[:, i - 1] + (y[:, i] - y[:, i - 1]) * (x - x0) / (x1 - x0))
 
     def dissociation(code: float, temperature: torch.Tensor) -> torch.Tensor:
         return atomic.molecular_kp(code, temperature)
@@ -78,6 +87,7 @@ def default_inputs(min_log_strength: float = 0.2) -> SynthInputs:
             z: (atomic.ionisation_energy(z, 0), atomic.ionisation_energy(z, 1)) for z in elements
         },
         partition_function=partition_function,
+        partition_functions=partition_functions,
         dissociation=dissociation,
         lines=lines,
         species=species,

@@ -25,7 +25,12 @@ import torch
 
 from phdl.labels import DEFAULT_LABELS
 from phdl.synth.continuum import continuum_opacity
-from phdl.synth.eos import DissociationConstant, PartitionFunction, depth_state
+from phdl.synth.eos import (
+    DissociationConstant,
+    PartitionFunction,
+    PartitionFunctions,
+    depth_state,
+)
 from phdl.synth.hydrogen import hydrogen_opacity
 from phdl.synth.lines import (
     HC_OVER_K_ANGSTROM,
@@ -80,6 +85,8 @@ class SynthInputs:
     lines: LineData
     species: tuple[float, ...]  # MOOG codes; lines.species_index points into this
     description: str = "custom"
+    #: optional batched U(T) of atoms, (codes, T (D,)) -> (codes, D): one op for all species
+    partition_functions: PartitionFunctions | None = None
 
 
 @dataclass
@@ -261,6 +268,7 @@ class Synthesizer:
             self.inputs.dissociation,
             self.inputs.species,
             per_depth(vmic),
+            self.inputs.partition_functions,
         )
         out = {k: v.reshape(*v.shape[:-1], n_batch, n_depth) for k, v in flat.items()}
         out["vmic"] = out["vmic"][:, 0]
