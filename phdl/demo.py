@@ -46,9 +46,9 @@ class DemoSize:
 
 
 FULL = DemoSize(
-    n_spectra=320,
-    wavelength_range=(3900.0, 5800.0),
-    train_seconds=150,
+    n_spectra=160,
+    wavelength_range=(5000.0, 5400.0),
+    train_seconds=120,
     n_mock=40,
     snr=100.0,
     d_model=64,
@@ -56,8 +56,8 @@ FULL = DemoSize(
     patch_size=32,
 )
 QUICK = DemoSize(
-    n_spectra=40,
-    wavelength_range=(5100.0, 5300.0),
+    n_spectra=32,
+    wavelength_range=(5150.0, 5250.0),
     train_seconds=15,
     n_mock=6,
     snr=100.0,
