@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--ratio-only", action="store_true", help="measure the step-time ratio only")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.output)
@@ -175,6 +176,9 @@ def main() -> None:
         f"step time: {1e3 * ratio['step_seconds_with_prior']:.1f} ms with prior, "
         f"{1e3 * ratio['step_seconds_without_prior']:.1f} ms without: ratio {ratio['ratio']:.2f}"
     )
+    if args.ratio_only:
+        (out / "step_time.json").write_text(json.dumps(ratio, indent=2))
+        return
     summaries, steps = {}, {}
     for name in args.models:
         start = time.perf_counter()
