@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phdl.data.lamost import lamost_wavelength
 from phdl.labels import DEFAULT_LABELS
 from phdl.synth.inputs import default_inputs
 from phdl.synth.sample import sample_labels
-from phdl.synth.spectrum import SynthConfig, Synthesizer, lamost_wavelength
+from phdl.synth.spectrum import SynthConfig, Synthesizer
 
 FULL_RANGE = (3700.0, 9100.0)
 DEMO_RANGE = (3900.0, 5800.0)  # phdl.demo's full-size grid

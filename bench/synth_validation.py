@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phdl.data.lamost import lamost_wavelength
 from phdl.synth import atomic
 from phdl.synth.continuum import continuum_opacity
 from phdl.synth.eos import MOLECULES as EOS_MOLECULES
@@ -46,7 +47,7 @@ from phdl.synth.eos import depth_state
 from phdl.synth.inputs import default_inputs
 from phdl.synth.linelist import air_to_vacuum
 from phdl.synth.lines import AMU, K_B, LineData
-from phdl.synth.spectrum import LinePlan, SynthConfig, Synthesizer, SynthInputs, lamost_wavelength
+from phdl.synth.spectrum import LinePlan, SynthConfig, Synthesizer, SynthInputs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = ROOT.parent / "shared" / "reference" / "synth-benchmarks"

@@ -16,6 +16,7 @@ see `MASK_BITS`. Which mask and which bits flag a pixel bad is the reader's `mas
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,16 +59,26 @@ LAMOST_N_PIXELS = 3909
 
 
 def lamost_wavelength(
-    start: float | None = None, stop: float | None = None, n_pixels: int = LAMOST_N_PIXELS
+    start: float | None = None, stop: float | None = None, n_pixels: int | None = LAMOST_N_PIXELS
 ) -> np.ndarray:
-    """LAMOST's own pixel grid [A, vacuum], optionally cut to [start, stop] [A].
+    """LAMOST's own pixel grid 10**(3.5682 + 1e-4 i) [A, vacuum], optionally cut to [start, stop].
 
     Build emulator grids on these pixels: resampling LAMOST spectra onto them is then exact,
     while linear resampling onto a grid offset by a fraction of a pixel smooths R~1800 lines
     (errors up to ~1% of the continuum at half a pixel) and correlates the noise.
+    `n_pixels=None` continues the same log-linear grid over all of [start, stop] (synthetic
+    grids wider than LAMOST's 3909 pixels).
     """
-    wavelength = 10.0 ** (LAMOST_COEFF0 + LAMOST_COEFF1 * np.arange(n_pixels))
-    keep = np.ones(n_pixels, dtype=bool)
+    if n_pixels is None:
+        if start is None or stop is None:
+            raise ValueError("lamost_wavelength: n_pixels=None needs start and stop wavelengths")
+        first = math.ceil((math.log10(start) - LAMOST_COEFF0) / LAMOST_COEFF1)
+        last = math.floor((math.log10(stop) - LAMOST_COEFF0) / LAMOST_COEFF1)
+        index = np.arange(first, last + 1)
+    else:
+        index = np.arange(n_pixels)
+    wavelength = 10.0 ** (LAMOST_COEFF0 + LAMOST_COEFF1 * index)
+    keep = np.ones(wavelength.size, dtype=bool)
     if start is not None:
         keep &= wavelength >= start
     if stop is not None:

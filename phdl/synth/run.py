@@ -20,10 +20,11 @@ import h5py
 import numpy as np
 import torch
 
+from phdl.data.lamost import lamost_wavelength
 from phdl.grid import completed_mask, create_grid, write_spectra
 from phdl.labels import DEFAULT_LABELS
 from phdl.synth.sample import PRIORS, SAMPLINGS, read_label_table, sample_labels
-from phdl.synth.spectrum import SynthConfig, Synthesizer, lamost_wavelength
+from phdl.synth.spectrum import SynthConfig, Synthesizer
 
 SOURCE = "phdl.synth"
 NORMALISATION = "divided by the computed continuum"
@@ -138,7 +139,7 @@ def _prepare(args, path: Path) -> np.ndarray:
         labels = sample_labels(
             args.n_spectra, DEFAULT_LABELS, dict(args.ranges), args.sampling, args.prior, args.seed
         )
-    wavelength = lamost_wavelength(*args.wavelength_range)
+    wavelength = lamost_wavelength(*args.wavelength_range, n_pixels=None)
     create_grid(
         path,
         wavelength,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from phdl.data.lamost import lamost_wavelength
 from phdl.labels import DEFAULT_LABELS
 from phdl.synth.continuum import continuum_opacity
 from phdl.synth.eos import (
@@ -56,13 +57,6 @@ ALPHA_M_RANGE = (0.0, 0.4)
 #: Labels the per-depth state depends on only through the atmosphere / EOS.
 CONTINUUM_KEYS = ("temperature", "electron_density", "n_hi", "n_hii", "n_hminus", "n_h2")
 HYDROGEN_KEYS = ("temperature", "electron_density", "n_hi")
-
-
-def lamost_wavelength(lambda_min: float = 3700.0, lambda_max: float = 9100.0) -> np.ndarray:
-    """LAMOST log-linear vacuum grid: 10**(3.5682 + 1e-4 i) [Angstrom] within the range."""
-    start = math.ceil((math.log10(lambda_min) - 3.5682) / 1e-4)
-    stop = math.floor((math.log10(lambda_max) - 3.5682) / 1e-4)
-    return 10.0 ** (3.5682 + 1e-4 * np.arange(start, stop + 1))
 
 
 @dataclass
@@ -139,7 +133,7 @@ class Synthesizer:
             raise ValueError(f"phdl.synth: unknown labels {unknown}; known: {list(DEFAULT_LABELS)}")
         self.resolution = float(resolution)
         self.wavelength = np.asarray(
-            lamost_wavelength() if wavelength is None else wavelength, dtype=np.float64
+            lamost_wavelength(3700.0, 9100.0) if wavelength is None else wavelength, dtype=np.float64
         )
         if self.wavelength.ndim != 1 or np.any(np.diff(self.wavelength) <= 0):
             raise ValueError("phdl.synth: output wavelength must be 1-d and increasing (Angstrom)")
