@@ -26,6 +26,7 @@ import csv
 import itertools
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -93,17 +94,21 @@ def run_predict(
     listing = catalogue.with_suffix(".files.txt")
     listing.write_text("".join(f"{p}\n" for p in files))
     start = time.perf_counter()
-    main([
-        "predict", "--config", str(CONFIG),
-        "--model.init_args.checkpoint", str(checkpoint),
-        "--data.init_args.source.init_args.paths", str(listing),
-        "--data.init_args.num_workers", "0",
-        "--data.init_args.batch_size", str(batch_size),
-        "--data.init_args.min_good_pixels", str(min_good_pixels),
-        "--trainer.default_root_dir", str(catalogue.parent),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks.init_args.output", str(catalogue),
-    ])  # fmt: skip
+    saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given args and argv
+    try:
+        main([
+            "predict", "--config", str(CONFIG),
+            "--model.init_args.checkpoint", str(checkpoint),
+            "--data.init_args.source.init_args.paths", str(listing),
+            "--data.init_args.num_workers", "0",
+            "--data.init_args.batch_size", str(batch_size),
+            "--data.init_args.min_good_pixels", str(min_good_pixels),
+            "--trainer.default_root_dir", str(catalogue.parent),
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.callbacks.init_args.output", str(catalogue),
+        ])  # fmt: skip
+    finally:
+        sys.argv = saved
     return time.perf_counter() - start
 
 
