@@ -156,6 +156,38 @@ def completed_mask(path: str | os.PathLike) -> np.ndarray:
         return np.ones(f["labels"].shape[0], dtype=bool)
 
 
+def copy_completed(
+    source: str | os.PathLike, destination: str | os.PathLike, block: int = 64
+) -> GridInfo:
+    """A finished schema-v1 grid of the spectra `source` has completed so far, in their order.
+
+    Train on the first part of a grid while `phdl synth` keeps filling the rest (the source is
+    only read; each `write_spectra` of the writer leaves it consistent). Streams `block`
+    spectra at a time, so grids larger than memory copy.
+    """
+    source, destination = Path(source), Path(destination)
+    if source.resolve() == destination.resolve():
+        raise GridError(f"{source}: copying onto itself; give another destination")
+    info = read_grid_info(source, check_values=False, allow_incomplete=True)
+    done = np.nonzero(completed_mask(source))[0]
+    if done.size == 0:
+        raise GridError(f"{source}: no spectrum is completed yet")
+    core = ("schema_version", "resolution", "source", "normalisation", "created_by")
+    extra = {k: v for k, v in info.attrs.items() if k not in core}
+    extra["copied_from"] = f"{source} ({done.size} of {info.n_spectra} completed spectra)"
+    create_grid(
+        destination, info.wavelength, info.label_names, info.labels[done], info.gradient_names,
+        medium=info.medium, resolution=info.resolution, source=info.source,
+        normalisation=info.normalisation, label_units=info.label_units, extra_attrs=extra,
+    )  # fmt: skip
+    with h5py.File(source, "r") as f:
+        for start in range(0, done.size, block):
+            rows = done[start : start + block]
+            write_spectra(destination, np.arange(start, start + rows.size),
+                          f["flux"][rows], f["gradients"][rows])  # fmt: skip
+    return read_grid_info(destination)
+
+
 def write_grid(
     path: str | os.PathLike,
     wavelength: np.ndarray,
@@ -219,7 +251,9 @@ def _check_metadata(path, wavelength, medium, label_names, units, labels, gradie
         raise GridError(f"{path}: duplicate names in 'gradient_names': {list(gradient_names)}")
 
 
-def read_grid_info(path: str | os.PathLike, check_values: bool = True) -> GridInfo:
+def read_grid_info(
+    path: str | os.PathLike, check_values: bool = True, allow_incomplete: bool = False
+) -> GridInfo:
     """Open a grid, validate it against schema v1 and return its metadata and labels.
 
     With `check_values`, flux and gradients are scanned block by block (memory stays bounded)
@@ -271,12 +305,13 @@ def read_grid_info(path: str | os.PathLike, check_values: bool = True) -> GridIn
                 f"{path}: 'gradients' has shape {f['gradients'].shape}, expected (N={n}, K={k}, P={p}) "
                 f"from 'labels', 'gradient_names' and 'wavelength'"
             )
-        if "completed" in f:
+        if "completed" in f and not allow_incomplete:
             done = f["completed"][...]
             if not done.all():
                 raise GridError(
                     f"{path}: the grid is incomplete: {int(done.sum())} of {n} spectra computed "
-                    f"(an interrupted build; rerun the same `phdl synth` command to resume)"
+                    f"(an interrupted build; rerun the same `phdl synth` command to resume, or "
+                    f"train on the finished part: phdl.grid.copy_completed)"
                 )
         if check_values:
             _scan_values(path, f)

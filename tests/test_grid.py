@@ -179,3 +179,26 @@ def test_import_difference_grid_divides_by_the_step(tmp_path):
         import_difference_grid(source, tmp_path / "x.h5", delta={"teff": 1.0})
     with pytest.raises(GridError, match="in place"):
         import_difference_grid(source, source, delta=0.1)
+
+
+def test_copy_completed_takes_the_finished_spectra_of_a_grid_being_built(tmp_path):
+    from phdl.grid import completed_mask, copy_completed, create_grid, write_spectra
+
+    wavelength, names, labels, flux, gradients = make_toy_grid(n_spectra=10)
+    source = tmp_path / "building.h5"
+    create_grid(source, wavelength, names, labels, names, resolution=1800.0, source="test",
+                extra_attrs={"synth_seed": 3})  # fmt: skip
+    done = np.array([0, 3, 4, 8])
+    write_spectra(source, done, flux[done], gradients[done])
+    with pytest.raises(GridError, match="incomplete: 4 of 10"):
+        read_grid_info(source)
+    info = copy_completed(source, tmp_path / "first.h5")
+    assert info.n_spectra == 4 and info.attrs["synth_seed"] == 3
+    np.testing.assert_array_equal(info.labels, labels[done])
+    reader = GridReader(tmp_path / "first.h5")
+    np.testing.assert_array_equal(reader.flux(2), flux[4])
+    np.testing.assert_array_equal(reader.gradients(3), gradients[8])
+    reader.close()
+    assert completed_mask(tmp_path / "first.h5").all()
+    with pytest.raises(GridError, match="onto itself"):
+        copy_completed(source, source)
