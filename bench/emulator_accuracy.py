@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--n-layers", type=int, default=2)
     parser.add_argument("--directions", type=int, default=1)
     parser.add_argument(
-        "--gradient-spectra", type=int, default=8, help="spectra per batch with derivatives"
+        "--gradient-spectra", type=int, default=4, help="spectra per batch with derivatives"
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--constant-lr", action="store_true")
