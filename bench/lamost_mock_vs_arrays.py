@@ -40,38 +40,47 @@ CONFIG = REPOSITORY / "configs" / "predict_lamost.yaml"
 LAYOUT_CYCLE = (("dr2-8-image", ".fits.gz"), ("dr9-table", ".fits"), ("dr1-image", ".fits"))
 
 
-def truth_spectra(checkpoint: str, grid: str | None, emulator, n: int, seed: int):
-    """(labels (n, L) physical, normalised flux (n, P) on the emulator grid, description)."""
+def held_out_spectra(checkpoint: str, grid: str | None, emulator, n: int):
+    """Labels (n, L), normalised flux (n, P) and a description of held-out grid spectra.
+
+    `grid` None: the checkpoint's own training grid, its test split; else every spectrum of
+    `grid`. Raises ValueError/OSError when the grid is absent or does not fit the emulator.
+    """
     from phdl.grid import GridReader, read_grid_info
     from phdl.report import split_of_checkpoint
 
-    reason = None
-    try:
-        if grid is None:
-            grid, rows = split_of_checkpoint(checkpoint, "test")
-        else:
-            info = read_grid_info(grid, check_values=False)
-            rows = np.arange(info.n_spectra)
-        if not os.path.exists(grid):
-            raise FileNotFoundError(f"grid file {grid} not found")
-        info = read_grid_info(grid, check_values=False)
-        if info.n_pixels != emulator.n_pixels or not np.allclose(
-            info.wavelength, emulator.wavelength
-        ):
-            raise ValueError(f"{grid}: wavelength grid differs from the emulator's")
-        missing = [name for name in emulator.label_names if name not in info.label_names]
-        if missing:
-            raise ValueError(f"{grid}: lacks labels {missing}")
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        reason = str(exc)
-    if reason is None:
-        rows = np.asarray(rows)[:n]
-        columns = [info.label_names.index(name) for name in emulator.label_names]
-        reader = GridReader(grid)
-        flux = np.stack([reader.flux(int(i)) for i in rows]).astype(np.float64)
-        reader.close()
-        labels = info.labels[rows][:, columns].astype(np.float64)
-        return labels, flux, f"{rows.size} held-out spectra (test split) of {grid} ({info.source})"
+    if grid is None:
+        grid, rows = split_of_checkpoint(checkpoint, "test")
+        what = "held-out spectra (test split)"
+    else:
+        rows, what = None, "spectra"
+    if not os.path.exists(grid):
+        raise FileNotFoundError(f"grid file {grid} not found")
+    info = read_grid_info(grid, check_values=False)
+    rows = (np.arange(info.n_spectra) if rows is None else np.asarray(rows))[:n]
+    if info.n_pixels != emulator.n_pixels or not np.allclose(info.wavelength, emulator.wavelength):
+        raise ValueError(f"{grid}: wavelength grid differs from the emulator's")
+    missing = [name for name in emulator.label_names if name not in info.label_names]
+    if missing:
+        raise ValueError(f"{grid}: lacks labels {missing}")
+    columns = [info.label_names.index(name) for name in emulator.label_names]
+    reader = GridReader(grid)
+    flux = np.stack([reader.flux(int(i)) for i in rows]).astype(np.float64)
+    reader.close()
+    labels = info.labels[rows][:, columns].astype(np.float64)
+    return labels, flux, f"{rows.size} {what} of {grid} ({info.source})"
+
+
+def truth_spectra(checkpoint: str, grid: str | None, emulator, n: int, seed: int,
+                  source: str = "grid"):  # fmt: skip
+    """(labels (n, L) physical, normalised flux (n, P) on the emulator grid, description)."""
+    if source == "grid":
+        try:
+            return held_out_spectra(checkpoint, grid, emulator, n)
+        except (ValueError, OSError) as exc:
+            reason = str(exc)
+    else:
+        reason = "--truth emulator"
 
     import torch
 
@@ -167,6 +176,8 @@ def main(args: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--grid", help="schema-v1 grid (default: the checkpoint's test split)")
     parser.add_argument("--n-spectra", type=int, default=60)
+    parser.add_argument("--truth", choices=["grid", "emulator"], default="grid",
+                        help="held-out grid spectra (default) or emulator outputs")  # fmt: skip
     parser.add_argument("--snr", type=float, nargs="*", default=[50.0, 100.0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -189,7 +200,7 @@ def main(args: list[str] | None = None) -> dict:
     names = list(emulator.label_names)
     wavelength = np.asarray(emulator.wavelength, dtype=np.float64)
     labels, flux, description = truth_spectra(checkpoint, options.grid, emulator,
-                                              options.n_spectra, options.seed)  # fmt: skip
+                                              options.n_spectra, options.seed, options.truth)  # fmt: skip
     n = labels.shape[0]
     rng = np.random.default_rng(options.seed)
     rv = rng.uniform(-150.0, 150.0, n)
