@@ -15,7 +15,7 @@ ObservedDataModule -> LabelFitter -> CatalogueWriter), one catalogue per set, an
   grid: reported, with how many lie inside the grid);
 - dr8-repeats: for every label and the RV, pairs of observations of one star:
   pull = (x1 - x2) / sqrt(err1^2 + err2^2); rms and 1.4826 MAD of the pulls (1 = errors honest).
-Writes <output>/summary.json, <output>/lamost_real.png and the catalogues <output>/<set>.fits.
+Writes <output>/summary.json, <output>/tables.md, <output>/lamost_real.png and the catalogues <output>/<set>.fits.
 `--limit N` fits only the first N files of each set (repeats: whole groups until >= N files).
 """
 
@@ -251,6 +251,55 @@ def repeat_pulls(table, rows: list[dict[str, str]], labels: list[str], chi2_max:
     return result
 
 
+def markdown_tables(summary: dict) -> str:
+    """The main numbers as markdown tables (for docs/lamost.md)."""
+    lines = [
+        "| set | files | fitted | converged | chi2_red < {:g} | chi2_red p10 / p50 / p90 | median S/N "
+        "| Teff / log g / [Fe/H] on a grid bound |".format(summary["chi2_max"]),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, q in summary["quality"].items():
+        p, b = q["chi2_red_p10_p50_p90"], q["on_bound"]
+        lines.append(
+            f"| {name} | {q['files']} | {q['fitted']} | {q['converged']} | {q['sensible']} "
+            f"({q['sensible_fraction']:.0%}) | {p[0]:.2f} / {p[1]:.2f} / {p[2]:.2f} | "
+            f"{q['median_snr']:.0f} | {b.get('teff', 0)} / {b.get('logg', 0)} / {b.get('fe_h', 0)} |"
+        )
+    units = {"teff": ("K", 0), "logg": ("dex", 2), "fe_h": ("dex", 2)}
+    for name, comparison in summary["reference"].items():
+        lines += ["", f"{name}: phdl - reference, median offset / 1.4826 MAD / std (n); "
+                  f"{comparison['matched']} stars, {comparison['reference_inside_grid']} with all "
+                  "three reference labels inside the emulator grid", "",
+                  "| label | all fitted | chi2_red < {:g} | chi2_red < {:g}, reference inside the grid "
+                  "| median error phdl / reference |".format(summary["chi2_max"], summary["chi2_max"]),
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for label, stats in comparison["labels"].items():
+            unit, digits = units[label]
+            cells = [
+                f"{s['median']:+.{digits}f} / {s['robust_sigma']:.{digits}f} / {s['std']:.{digits}f} "
+                f"({s['n']})"
+                for s in (stats[k] for k in ("all_fitted", "sensible_chi2", "sensible_inside_grid"))
+            ]
+            reference_error = stats["median_reference_err"]
+            errors = f"{stats['median_phdl_err']:.{digits}f}" + (
+                f" / {reference_error:.{digits}f}" if reference_error is not None else " / -"
+            )
+            lines.append(f"| {label} [{unit}] | " + " | ".join(cells) + f" | {errors} |")
+    repeats = summary.get("repeats")
+    if repeats:
+        lines += ["", f"dr8-repeats: {repeats['stars']} stars, {repeats['pairs']} pairs, "
+                  f"{repeats['pairs_sensible']} with both chi2_red < {summary['chi2_max']:g}", "",
+                  "| label | pairs | rms difference | median sqrt(e1^2 + e2^2) | rms pull | 1.4826 MAD pull "
+                  "| rms pull, all fitted pairs (n) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for label, s in repeats["labels"].items():
+            lines.append(
+                f"| {label} | {s['n_pairs']} | {s['rms_difference']:.3g} | "
+                f"{s['median_combined_err']:.3g} | {s['rms_pull']:.2f} | {s['robust_pull']:.2f} | "
+                f"{s['rms_pull_all']:.2f} ({s['n_pairs_all']}) |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def print_tables(summary: dict) -> None:
     print(f"\ncheckpoint {summary['checkpoint']}  window {summary['window']}  "
           f"load average {summary['load_average']}")  # fmt: skip
@@ -439,6 +488,7 @@ def main(args: list[str] | None = None) -> dict:
         summary["repeats"] = repeat_pulls(tables["dr8-repeats"], rows, labels, options.chi2_max)
     summary["load_average"] = f"{load_start:.1f} -> {os.getloadavg()[0]:.1f}"
     print_tables(summary)
+    (output / "tables.md").write_text(markdown_tables(summary))
     plot(summary, grid, output / "lamost_real.png")
     with open(output / "summary.json", "w") as handle:
         json.dump(summary, handle, indent=1)
