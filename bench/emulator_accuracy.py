@@ -48,6 +48,8 @@ MODELS = {
         "model": "transformer",
         "gradient_weight": 0.5,
         "gradient_balance": "relative",
+        "gradient_start_step": 100,  # as configs/: fluxes first, then lambda ramps up
+        "gradient_warmup_steps": 200,
     },
     "transformer (lambda=0)": {"model": "transformer", "gradient_weight": 0.0},
     "Payne MLP": {"model": "mlp", "gradient_weight": 0.0},

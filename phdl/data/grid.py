@@ -105,6 +105,10 @@ class GridDataModule(LightningDataModule):
             an empty list: none).
         gradient_scale_spectra: training spectra read to estimate each label's typical gradient
             size (used to weight the gradient loss per label).
+        gradient_scale_floor: flux change across a label's whole training range below which its
+            gradient spectra count as noise: each label's typical size is at least this / range.
+            Without it a label with no lines in the window (e.g. [Eu/Fe] at 5000-5400 A) gets a
+            near-zero size, its relative errors explode and drown the flux term.
         check_values: scan every flux and gradient for NaN/inf when opening (slow on big grids).
     """
 
@@ -118,6 +122,7 @@ class GridDataModule(LightningDataModule):
         num_workers: int = 0,
         gradient_labels: list[str] | None = None,
         gradient_scale_spectra: int = 256,
+        gradient_scale_floor: float = 1e-3,
         check_values: bool = False,
     ) -> None:
         super().__init__()
@@ -147,7 +152,9 @@ class GridDataModule(LightningDataModule):
             )
         self._gradient_names = tuple(gradient_labels)
         self.gradient_columns = [self.info.gradient_names.index(n) for n in gradient_labels]
-        self._gradient_scale = self._typical_gradient_size(gradient_scale_spectra)
+        self._gradient_scale = self._typical_gradient_size(
+            gradient_scale_spectra, gradient_scale_floor
+        )
 
     # -- what the emulator needs to know (linked into EmulatorModule by phdl.cli) --------------
     @property
@@ -179,8 +186,9 @@ class GridDataModule(LightningDataModule):
         """Typical size (median over training spectra of the pixel rms) of each gradient [1/unit]."""
         return list(self._gradient_scale)
 
-    def _typical_gradient_size(self, n_spectra: int) -> list[float]:
-        """Median over up to n_spectra training spectra of each gradient's rms over pixels."""
+    def _typical_gradient_size(self, n_spectra: int, floor: float = 0.0) -> list[float]:
+        """Median over up to n_spectra training spectra of each gradient's rms over pixels, at
+        least `floor` / (the label's training range)."""
         if not self.gradient_columns:
             return []
         rng = np.random.default_rng(self.hparams.seed)
@@ -194,11 +202,15 @@ class GridDataModule(LightningDataModule):
                 rms[row] = np.sqrt(np.mean(gradients**2, axis=1))  # NaN where not computed
         finally:
             reader.close()
+        scaling = self._label_scaling
         scale = []
-        for column in rms.T:
+        for name, column in zip(self._gradient_names, rms.T):
             finite = column[np.isfinite(column) & (column > 0)]
             # A label with no usable gradient spectrum never enters the loss; 1 keeps it finite.
-            scale.append(float(np.median(finite)) if finite.size else 1.0)
+            typical = float(np.median(finite)) if finite.size else 1.0
+            k = scaling.names.index(name)
+            span = scaling.maximum[k] - scaling.minimum[k]
+            scale.append(max(typical, floor / span))
         return scale
 
     # -- datasets and loaders ---------------------------------------------------------------
