@@ -54,8 +54,14 @@ def evaluate(
     grid_path: str | Path,
     indices: Sequence[int] | None = None,
     batch_size: int = 64,
+    gradient_floor: float = 1e-3,
 ) -> Evaluation:
-    """Residuals and relative gradient errors of `emulator` on grid spectra `indices` (default all)."""
+    """Residuals and relative gradient errors of `emulator` on grid spectra `indices` (default all).
+
+    A gradient error is |emulated - reference| / |reference| over pixels, the denominator at
+    least `gradient_floor` flux per pixel over the label's training range: a label without lines
+    in the window (reference ~ 0) is then measured against what would matter, not against 0.
+    """
     info = read_grid_info(grid_path, check_values=False)
     if tuple(emulator.label_names) != info.label_names:
         raise ValueError(
@@ -67,6 +73,9 @@ def evaluate(
     indices = np.arange(info.n_spectra) if indices is None else np.asarray(indices, dtype=np.int64)
     reader = GridReader(grid_path)
     grad_label_idx = info.gradient_index
+    scaling = emulator.label_scaling
+    span = np.array([scaling.maximum[k] - scaling.minimum[k] for k in grad_label_idx])
+    floor = gradient_floor * np.sqrt(info.n_pixels) / span  # (K,) in flux per label unit
     residuals, errors = [], []
     example_emulated = example_reference = None
     emulator = emulator.eval()
@@ -83,6 +92,7 @@ def evaluate(
         )
         residuals.append(model_flux - flux)
         norm = np.linalg.norm(np.nan_to_num(reference), axis=-1)
+        norm = np.maximum(norm, floor[None, :])
         diff = np.linalg.norm(np.nan_to_num(emulated - reference), axis=-1)
         err = np.where(
             np.isfinite(reference).all(axis=-1) & (norm > 0),
