@@ -86,7 +86,12 @@ def select_files(reference: Path, name: str, limit: int | None) -> list[Path]:
 
 
 def run_predict(
-    checkpoint: Path, files: list[Path], catalogue: Path, batch_size: int, min_good_pixels: int
+    checkpoint: Path,
+    files: list[Path],
+    catalogue: Path,
+    batch_size: int,
+    min_good_pixels: int,
+    fit_labels: list[str] | None = None,
 ) -> float:
     """`phdl predict` with configs/predict_lamost.yaml on a list of files; wall time [s]."""
     from phdl.cli import main
@@ -106,6 +111,7 @@ def run_predict(
             "--trainer.default_root_dir", str(catalogue.parent),
             "--trainer.enable_progress_bar", "false",
             "--trainer.callbacks.init_args.output", str(catalogue),
+            *(["--model.init_args.fit_labels", json.dumps(fit_labels)] if fit_labels else []),
         ])  # fmt: skip
     finally:
         sys.argv = saved
@@ -408,6 +414,7 @@ def main(args: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one process)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--chi2-max", type=float, default=3.0, help="'sensible' chi2_red limit")
+    parser.add_argument("--fit-labels", nargs="*", help="fit only these labels (others fixed)")
     parser.add_argument("--resume", action="store_true", help="keep rows of earlier catalogues")
     options = parser.parse_args(args)
 
@@ -423,11 +430,11 @@ def main(args: list[str] | None = None) -> dict:
     checkpoint = Path(options.checkpoint).resolve()
     torch.set_num_threads(options.threads)
     emulator = load_emulator(str(checkpoint))
-    labels = list(emulator.label_names)
+    labels = list(options.fit_labels or emulator.label_names)  # catalogue order = bound_mask bits
     scaling = emulator.label_scaling
     grid = {
         name: (float(scaling.minimum[k]), float(scaling.maximum[k]))
-        for k, name in enumerate(labels)
+        for k, name in enumerate(emulator.label_names)
     }
     wavelength = np.asarray(emulator.wavelength)
     window = (
@@ -448,6 +455,7 @@ def main(args: list[str] | None = None) -> dict:
         "window": window,
         "grid": {k: grid[k] for k in MAIN_LABELS},
         "limit": options.limit,
+        "fit_labels": labels,
         "chi2_max": options.chi2_max,
         "threads": options.threads,
         "quality": {},
@@ -463,7 +471,9 @@ def main(args: list[str] | None = None) -> dict:
                 stale.unlink(missing_ok=True)
         with warnings.catch_warnings():  # 'dex' is not a FITS unit; phdl writes it anyway
             warnings.simplefilter("ignore", UnitsWarning)
-            seconds = run_predict(checkpoint, files, catalogue, options.batch_size, min_good)
+            seconds = run_predict(
+                checkpoint, files, catalogue, options.batch_size, min_good, options.fit_labels
+            )
             table = Table.read(catalogue)
         tables[name] = table
         summary["seconds_per_spectrum"][name] = seconds / max(len(files), 1)
