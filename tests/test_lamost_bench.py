@@ -33,12 +33,14 @@ def bench(name: str):
 def test_lamost_real_limit_runs_every_part(tmp_path):
     summary = bench("lamost_real").main(
         ["--limit", "2", "--output", str(tmp_path), "--reference", str(REFERENCE),
-         "--sets", "dr1-lasp", "dr8-repeats", "dr7-mdwarfs"]
+         "--sets", "dr1-lasp", "dr8-repeats", "dr7-mdwarfs",
+         "--fit-labels", "teff", "logg", "vmic", "fe_h"]  # 4 labels: a fast smoke
     )  # fmt: skip
     assert set(summary["quality"]) == {"dr1-lasp", "dr8-repeats", "dr7-mdwarfs"}
     assert all(q["files"] >= 2 for q in summary["quality"].values())
     assert summary["reference"]["dr1-lasp"]["matched"] == 2
     assert summary["repeats"]["pairs"] >= 1  # whole repeat groups are taken
+    assert set(summary["repeats"]["labels"]) == {"teff", "logg", "vmic", "fe_h", "rv"}
     assert (tmp_path / "lamost_real.png").exists()
     assert json.loads((tmp_path / "summary.json").read_text())["limit"] == 2
 
