@@ -47,8 +47,16 @@ def phdl_commands() -> list[tuple[str, list[str]]]:
     found = []
     for path in DOCUMENTS:
         for line in shell_lines(path):
-            for part in re.split(r"&&|;", line):
-                words = shlex.split(part.split("  #")[0])
+            lexer = shlex.shlex(line.split("  #")[0], posix=True, punctuation_chars=";&|")
+            lexer.whitespace_split = True
+            tokens, parts = list(lexer), [[]]
+            for token in tokens:  # split at && and ; outside quotes
+                if token in ("&&", ";"):
+                    parts.append([])
+                else:
+                    parts[-1].append(token)
+            for words in parts:
+                part = " ".join(words)
                 if words[:1] == ["srun"]:
                     words = words[1:]
                 if words[:1] == ["torchrun"]:
