@@ -18,6 +18,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def seeded_random_state():
+    """Every test starts from the same global torch/numpy random state, whatever ran before it
+    (time-budgeted trainings in earlier tests draw a varying amount of random numbers)."""
+    import torch
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_files_left_in_the_repository():
     """Fail the run if a test wrote into the checkout (outputs belong in tmp_path)."""
