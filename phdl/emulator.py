@@ -174,6 +174,11 @@ class EmulatorModule(LightningModule):
             "gradient_size", torch.tensor(scale, dtype=torch.float32), persistent=False
         )
         self.register_buffer(
+            "gradient_floor",
+            torch.tensor(self.label_scaling.gradient_floor(self.gradient_names), dtype=torch.float32),
+            persistent=False,
+        )
+        self.register_buffer(
             "label_span",
             torch.tensor(self.label_scaling.span(), dtype=torch.float32),
             persistent=False,
@@ -341,9 +346,8 @@ class EmulatorModule(LightningModule):
             dim=1,
         )  # (B, K, P)
         target = batch["gradients"]
-        # as phdl.report: the denominator is at least 1e-3 flux per pixel over the label's range,
-        # so a label without lines in the window is not measured against ~0
-        floor = 1e-3 * target.shape[-1] ** 0.5 / self.label_span[self.gradient_label_index]
+        # as phdl.report: |target| over all pixels floored (LabelScaling.gradient_floor)
+        floor = self.gradient_floor * target.shape[-1] ** 0.5
         relative = (derivatives - target).norm(dim=-1) / torch.maximum(target.norm(dim=-1), floor)
         for column, name in enumerate(self.gradient_names):
             present = mask[:, column]

@@ -64,6 +64,10 @@ def pretty_label(name: str) -> str:
     return name
 
 
+#: Flux change across a label's whole range below which its gradient spectrum counts as noise.
+GRADIENT_FLOOR = 1e-3
+
+
 @dataclass(frozen=True)
 class LabelScaling:
     """Linear map between physical labels and network labels in [-0.5, 0.5].
@@ -114,6 +118,14 @@ class LabelScaling:
             return self.names.index(name)
         except ValueError:
             raise KeyError(f"unknown label '{name}'; this model has {list(self.names)}") from None
+
+    def gradient_floor(self, names: Sequence[str], flux: float = GRADIENT_FLOOR) -> np.ndarray:
+        """Smallest |d flux / d label| per pixel that matters, for each named label: `flux`
+        across the label's whole range [flux per label unit]. Gradient sizes and relative
+        gradient errors are floored at it, so a label with no lines in the window is not
+        measured against ~0."""
+        span = self.span()
+        return np.array([flux / span[self.index(name)] for name in names])
 
     def span(self, like: torch.Tensor | None = None) -> torch.Tensor | np.ndarray:
         """maximum - minimum per label, as a tensor like `like` or a numpy array."""

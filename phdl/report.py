@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from phdl.grid import GridReader, read_grid_info
-from phdl.labels import label_unit, pretty_label
+from phdl.labels import GRADIENT_FLOOR, label_unit, pretty_label
 from phdl.models.base import SpectrumEmulator
 
 
@@ -54,7 +54,7 @@ def evaluate(
     grid_path: str | Path,
     indices: Sequence[int] | None = None,
     batch_size: int = 64,
-    gradient_floor: float = 1e-3,
+    gradient_floor: float = GRADIENT_FLOOR,
 ) -> Evaluation:
     """Residuals and relative gradient errors of `emulator` on grid spectra `indices` (default all).
 
@@ -73,9 +73,9 @@ def evaluate(
     indices = np.arange(info.n_spectra) if indices is None else np.asarray(indices, dtype=np.int64)
     reader = GridReader(grid_path)
     grad_label_idx = info.gradient_index
-    scaling = emulator.label_scaling
-    span = np.array([scaling.maximum[k] - scaling.minimum[k] for k in grad_label_idx])
-    floor = gradient_floor * np.sqrt(info.n_pixels) / span  # (K,) in flux per label unit
+    # (K,) floor of |reference| over all pixels [flux per label unit]
+    floor = emulator.label_scaling.gradient_floor(info.gradient_names, gradient_floor)
+    floor = floor * np.sqrt(info.n_pixels)
     residuals, errors = [], []
     example_emulated = example_reference = None
     emulator = emulator.eval()

@@ -28,7 +28,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from phdl.grid import GridError, GridInfo, GridReader, read_grid_info
-from phdl.labels import LabelScaling
+from phdl.labels import GRADIENT_FLOOR, LabelScaling
 
 
 class GridDataset(Dataset):
@@ -122,7 +122,7 @@ class GridDataModule(LightningDataModule):
         num_workers: int = 0,
         gradient_labels: list[str] | None = None,
         gradient_scale_spectra: int = 256,
-        gradient_scale_floor: float = 1e-3,
+        gradient_scale_floor: float = GRADIENT_FLOOR,
         check_values: bool = False,
     ) -> None:
         super().__init__()
@@ -202,15 +202,13 @@ class GridDataModule(LightningDataModule):
                 rms[row] = np.sqrt(np.mean(gradients**2, axis=1))  # NaN where not computed
         finally:
             reader.close()
-        scaling = self._label_scaling
+        lowest = self._label_scaling.gradient_floor(self._gradient_names, floor)
         scale = []
-        for name, column in zip(self._gradient_names, rms.T):
+        for column, least in zip(rms.T, lowest):
             finite = column[np.isfinite(column) & (column > 0)]
             # A label with no usable gradient spectrum never enters the loss; 1 keeps it finite.
             typical = float(np.median(finite)) if finite.size else 1.0
-            k = scaling.names.index(name)
-            span = scaling.maximum[k] - scaling.minimum[k]
-            scale.append(max(typical, floor / span))
+            scale.append(max(typical, float(least)))
         return scale
 
     # -- datasets and loaders ---------------------------------------------------------------
