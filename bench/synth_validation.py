@@ -1044,21 +1044,15 @@ def main(args: list[str] | None = None) -> dict:
 
 def _commit() -> str:
     """HEAD of the checkout, flagged when phdl/synth has uncommitted changes."""
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True,
+                              check=True)  # fmt: skip
+        return done.stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "phdl/synth"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "phdl/synth")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + (" + uncommitted phdl/synth changes" if dirty else "")
