@@ -54,6 +54,17 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
                     f"data.{name}", f"model.init_args.{name}", compute, apply_on="instantiate"
                 )
 
+        def before_instantiate_classes(self) -> None:
+            # Logger folders are fixed when the run starts: wandb's service process (which may
+            # have been started from another directory) otherwise resolves a relative save_dir
+            # against its own working directory when it writes the run's files.
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            loggers = config.get("trainer.logger")
+            for logger in loggers if isinstance(loggers, list) else [loggers]:
+                init_args = getattr(logger, "init_args", None)
+                if init_args is not None and isinstance(init_args.get("save_dir"), str):
+                    init_args.save_dir = os.path.abspath(init_args.save_dir)
+
     argv = list(sys.argv[1:] if args is None else args)
     # Training runs keep their resolved config in the run folder. validate/test/predict have no
     # run folder of their own (with no logger Lightning would drop config.yaml into the current

@@ -28,13 +28,14 @@ def seeded_random_state():
     np.random.seed(0)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def no_files_left_in_the_repository():
-    """Fail the run if a test wrote into the checkout (outputs belong in tmp_path)."""
+@pytest.fixture(autouse=True)
+def no_files_left_in_the_repository(request):
+    """Fail the test that wrote into the checkout (outputs belong in tmp_path): checked after
+    every test, so the failure names the culprit rather than whichever test ran last."""
     before = set(os.listdir(REPOSITORY))
     yield
     left = sorted(set(os.listdir(REPOSITORY)) - before - {".pytest_cache"})
-    assert not left, f"tests left files in the repository: {left}"
+    assert not left, f"{request.node.nodeid} left files in the repository: {left}"
 
 
 def make_toy_grid(
