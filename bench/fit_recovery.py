@@ -104,7 +104,16 @@ def cramer_rao(model: SpectrumModel, flux, gradients, ivar, continuum) -> np.nda
     design = sqrt_w[..., None] * flux_t[..., None] * model.basis[None]
     q, _ = torch.linalg.qr(design)
     projected = jacobian - q @ (q.transpose(1, 2) @ jacobian)
-    covariance = torch.linalg.pinv(projected.transpose(1, 2) @ projected, hermitian=True)
+    fisher = projected.transpose(1, 2) @ projected
+    # Equilibrate before inverting: a label whose gradient spectra are ~1e-10 (no lines in the
+    # window) has a Fisher diagonal ~1e-14 beside ~1e8 for Teff. A plain pseudo-inverse drops
+    # that direction as numerical noise and reports a bound near 0; in unit-diagonal form the
+    # inverse is well conditioned and such a label gets the huge bound it really has.
+    scale = fisher.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
+    unit = scale[:, :, None] * fisher * scale[:, None, :]
+    covariance = (
+        scale[:, :, None] * torch.linalg.pinv(unit, hermitian=True, rtol=1e-12) * scale[:, None, :]
+    )
     bound = np.full((flux.shape[0], have.size), np.nan)
     bound[:, have] = covariance.diagonal(dim1=-2, dim2=-1)[:, :-1].clamp_min(0).sqrt().numpy()
     return bound
