@@ -51,7 +51,9 @@ def oscillator_strength(n: int, m: int) -> float:
             (0.3887 - 1.181 / n + 1.470 / n**2) / n**2,
         )
     gaunt = g[0] + g[1] / x + g[2] / x**2
-    return 32.0 / (3.0 * math.sqrt(3.0) * math.pi) / n**5 / m**3 / (1 / n**2 - 1 / m**2) ** 3 * gaunt
+    return (
+        32.0 / (3.0 * math.sqrt(3.0) * math.pi) / n**5 / m**3 / (1 / n**2 - 1 / m**2) ** 3 * gaunt
+    )
 
 
 def vacuum_wavelength(n: int, m: int) -> float:
@@ -139,14 +141,21 @@ def stark_profile(dlam: torch.Tensor, doppler: torch.Tensor, scale: torch.Tensor
     delta = doppler / scale
     u = torch.log1p(beta.clamp(max=_BETA_MAX))
     inside = _interp2(
-        tab, log_delta[0], log_delta[1] - log_delta[0], 0.0, u_nodes[1] - u_nodes[0],
-        torch.log(delta), u,
+        tab,
+        log_delta[0],
+        log_delta[1] - log_delta[0],
+        0.0,
+        u_nodes[1] - u_nodes[0],
+        torch.log(delta),
+        u,
     )
     # beyond the table: the Holtsmark asymptote, scaled to join the table continuously
     far = beta.clamp(min=_BETA_MAX)
     asymptote = far**-2.5 * (1 + 5.107 * far**-1.5)
     at_edge = _BETA_MAX**-2.5 * (1 + 5.107 * _BETA_MAX**-1.5)
-    value = torch.exp(inside) * torch.where(beta < _BETA_MAX, torch.ones_like(beta), asymptote / at_edge)
+    value = torch.exp(inside) * torch.where(
+        beta < _BETA_MAX, torch.ones_like(beta), asymptote / at_edge
+    )
     return value / scale
 
 
@@ -159,7 +168,7 @@ def hydrogen_opacity(
     n_hi = state["n_hi"]
     f0 = 1.25e-9 * ne ** (2.0 / 3.0)
     lam_min, lam_max = float(wavelength[0]), float(wavelength[-1])
-    kappa = torch.zeros(wavelength.shape[0], temperature.shape[0], dtype=temperature.dtype)
+    rows, values = [], []
     velocity = torch.sqrt(2.0 * K_B * temperature / (1.008 * AMU) + state["vmic"] ** 2)
     for n, m, lam0 in hydrogen_lines(lam_min - 200.0, lam_max + 200.0):
         half = window_scale * max(20.0, 150.0 / (m - n))
@@ -175,9 +184,16 @@ def hydrogen_opacity(
         population = n_hi * (n * n) * torch.exp(-energy_ev / (8.617333262e-5 * temperature))
         stim = -torch.expm1(-HC_OVER_K_ANGSTROM / (lam0 * temperature))
         strength = (
-            SIGMA_CLASSICAL * oscillator_strength(n, m) * (lam0 * 1e-8) ** 2 / C_CGS * 1e8
-        ) * population * stim  # cm^-1 Angstrom
+            (SIGMA_CLASSICAL * oscillator_strength(n, m) * (lam0 * 1e-8) ** 2 / C_CGS * 1e8)
+            * population
+            * stim
+        )  # cm^-1 Angstrom
         doppler = lam0 * velocity / C_CGS
         profile = stark_profile(lam - lam0, doppler[None, :], (griem_knm(n, m) * f0)[None, :])
-        kappa = kappa.index_add(0, idx, strength[None, :] * profile)
-    return kappa
+        rows.append(idx)
+        values.append(strength[None, :] * profile)
+    kappa = torch.zeros(wavelength.shape[0], temperature.shape[0], dtype=temperature.dtype)
+    if not rows:
+        return kappa
+    # one scatter for all lines: an out-of-place index_add per line copied the whole array
+    return kappa.index_add(0, torch.cat(rows), torch.cat(values))

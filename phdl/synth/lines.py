@@ -123,20 +123,32 @@ def faddeeva(v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return re.reshape(shape), im.reshape(shape)
 
 
+def faddeeva_far(v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w(v + i a) where |v + i a| >= 6.5 is known (line wings): the asymptotic series alone.
+
+    The same numbers as `faddeeva` there, without its per-region gathers and scatters.
+    """
+    re, im = _faddeeva_asymptotic(v.abs(), a.expand_as(v))
+    return re, torch.where(v < 0, -im, im)
+
+
 def voigt_and_derivatives(
-    v: torch.Tensor, a: torch.Tensor
+    v: torch.Tensor, a: torch.Tensor, far: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Voigt H(a, v) (normalised to sqrt(pi) over v) and its exact partials dH/dv, dH/da."""
-    re, im = faddeeva(v, a)
+    """Voigt H(a, v) (normalised to sqrt(pi) over v) and its exact partials dH/dv, dH/da.
+
+    `far`: every |v + i a| >= 6.5 (faddeeva_far).
+    """
+    re, im = faddeeva_far(v, a) if far else faddeeva(v, a)
     # w' = -2 z w + 2i/sqrt(pi), z = v + i a
     d_re = -2.0 * (v * re - a * im)
     d_im = -2.0 * (v * im + a * re) + 2.0 / SQRT_PI
     return re, d_re, -d_im
 
 
-def voigt(v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Voigt function H(a, v) = Re w(v + i a)."""
-    return faddeeva(v, a)[0]
+def voigt(v: torch.Tensor, a: torch.Tensor, far: bool = False) -> torch.Tensor:
+    """Voigt function H(a, v) = Re w(v + i a); `far`: every |v + i a| >= 6.5 (faddeeva_far)."""
+    return (faddeeva_far(v, a) if far else faddeeva(v, a))[0]
 
 
 @dataclass

@@ -95,6 +95,8 @@ class SynthConfig:
     max_half_width: float = 20.0  # Angstrom; strong lines need >= 2 A (DESIGN section 8)
     strong_half_width: float = 3.0  # Angstrom, at least, for lines with peak ratio > 100
     continuum_stride: int = 100  # fine steps per continuum node
+    wing_stride: int = 8  # fine steps per far-wing node (0: every line on the fine grid)
+    core_half_width: int = 32  # fine steps, at least: lines with wider windows get coarse wings
     hydrogen_stride: int = 8  # fine steps per hydrogen node
     chunk: int = 8192  # fine wavelengths per transfer chunk
     log_tau_top: float = -5.5  # layers above this log tau_Rosseland are dropped
@@ -106,12 +108,21 @@ class SynthConfig:
 
 @dataclass
 class LinePlan:
-    """Which lines are computed and over how many fine pixels (fixed for gradients and FD)."""
+    """Which lines are computed and over how many fine pixels (fixed for gradients and FD).
+
+    Lines in `buckets` are computed on the fine grid over their whole window. Lines in
+    `wing_buckets` are computed on the fine grid only within about `core` pixels of the centre;
+    beyond it (out to `half`) their Voigt wings are evaluated on every `wing_stride`-th fine
+    pixel and linearly interpolated (Synthesizer.line_opacity): the wing is smooth on the scale
+    of its distance from the centre, so far fewer profile evaluations give the same opacity.
+    """
 
     lines: LineData
     centre: torch.Tensor  # (L,) fine-grid index of each line centre
     half_width: torch.Tensor  # (L,) pixels
     buckets: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (half, line idx)
+    #: (core half width, window half width, line idx), pixels
+    wing_buckets: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
 
 
 class Synthesizer:
@@ -133,7 +144,8 @@ class Synthesizer:
             raise ValueError(f"phdl.synth: unknown labels {unknown}; known: {list(DEFAULT_LABELS)}")
         self.resolution = float(resolution)
         self.wavelength = np.asarray(
-            lamost_wavelength(3700.0, 9100.0) if wavelength is None else wavelength, dtype=np.float64
+            lamost_wavelength(3700.0, 9100.0) if wavelength is None else wavelength,
+            dtype=np.float64,
         )
         if self.wavelength.ndim != 1 or np.any(np.diff(self.wavelength) <= 0):
             raise ValueError("phdl.synth: output wavelength must be 1-d and increasing (Angstrom)")
@@ -143,7 +155,7 @@ class Synthesizer:
         lo = self.wavelength[0] * math.exp(-5 * sigma_ln) - cfg.margin
         hi = self.wavelength[-1] * math.exp(5 * sigma_ln) + cfg.margin
         self.ln_step = cfg.fine_step / lo
-        stride = math.lcm(cfg.continuum_stride, cfg.hydrogen_stride)
+        stride = math.lcm(cfg.continuum_stride, cfg.hydrogen_stride, max(cfg.wing_stride, 1))
         n = int(math.ceil(math.log(hi / lo) / self.ln_step / stride)) * stride + 1
         self.ln_lambda0 = math.log(lo)
         self.fine = torch.as_tensor(lo * np.exp(self.ln_step * np.arange(n)), dtype=dt)
@@ -314,35 +326,86 @@ class Synthesizer:
             keep = peak >= cfg.min_line_strength
             lines = lines.subset(keep)
             half = half[keep]
+            doppler = width[keep].max(dim=1).values
             centre = torch.round(
                 (torch.log(lines.wavelength) - self.ln_lambda0) / self.ln_step
             ).long()
             pixels = torch.ceil(half / (lines.wavelength * self.ln_step)).long()
             # buckets of power-of-two half widths keep padding low
-            size = torch.pow(2, torch.ceil(torch.log2(pixels.clamp(min=2).double()))).long()
-            buckets = [
-                (int(s), torch.nonzero(size == s)[:, 0]) for s in torch.unique(size).tolist()
-            ]
-        return LinePlan(lines=lines, centre=centre, half_width=size, buckets=buckets)
+            size = _power_of_two(pixels.clamp(min=2))
+            core = torch.zeros_like(size)  # 0: no coarse wings
+            stride = cfg.wing_stride
+            if stride:
+                # the core reaches |v| > 6.5 at every depth (the wings then need only the
+                # asymptotic Voigt series); the window (and one wing node) lies inside the grid
+                doppler_px = torch.ceil(6.5 * doppler / (lines.wavelength * self.ln_step)) + 1
+                core_px = _power_of_two(doppler_px.long().clamp(min=cfg.core_half_width))
+                wing = (
+                    (size > 2 * core_px)
+                    & (centre - size - 2 * stride >= 0)
+                    & (centre + size + 2 * stride < self.fine.shape[0])
+                )
+                core = torch.where(wing, core_px, core)
+            buckets, wing_buckets = [], []
+            for c, h in torch.unique(torch.stack([core, size], 1), dim=0).tolist():
+                idx = torch.nonzero((core == c) & (size == h))[:, 0]
+                if c:
+                    wing_buckets.append((int(c), int(h), idx))
+                else:
+                    buckets.append((int(h), idx))
+        return LinePlan(
+            lines=lines, centre=centre, half_width=size, buckets=buckets, wing_buckets=wing_buckets
+        )
 
     def _line_chunks(self, plan: LinePlan):
-        """(half width, line indices) chunks bounding the (lines x window x depth) work size."""
-        for half, idx in plan.buckets:
+        """(core, half width, line indices) chunks bounding the (lines x window x depth) work.
+
+        core = 0: the whole window on the fine grid; else core pixels plus coarse wings.
+        """
+        buckets = [(0, half, idx) for half, idx in plan.buckets] + plan.wing_buckets
+        for core, half, idx in buckets:
             per = max(1, 2_000_000 // ((2 * half + 1) * 64))
             for start in range(0, len(idx), per):
-                yield half, idx[start : start + per]
+                yield core, half, idx[start : start + per]
 
-    def _window(self, plan: LinePlan, idx: torch.Tensor, half: int):
-        offsets = torch.arange(-half, half + 1)
-        pix = plan.centre[idx][:, None] + offsets[None, :]
-        valid = (pix >= 0) & (pix < self.fine.shape[0])
-        pix = pix.clamp(0, self.fine.shape[0] - 1)
-        return pix, valid
+    def _line_windows(self, plan: LinePlan, idx: torch.Tensor, core: int, half: int):
+        """Fine pixels of the line cores and (with wings) the coarse wing nodes, (Lc, W) each.
 
-    def _line_profile(self, plan, idx, half, params, derivatives: bool):
+        Returns (pix, valid, ramps, nodes, node_valid). With wings the fine core runs between
+        two wing nodes `left` and `right` (multiples of the stride), and `ramps` are the two
+        interpolation weights (Lc, W) with which the wing's own values at `left` and `right`
+        reach into the core; the core subtracts them, so that core + interpolated wings is the
+        line profile on [left, right] and its interpolated wing beyond.
+        """
+        n_fine = self.fine.shape[0]
+        centre = plan.centre[idx][:, None]
+        if not core:
+            pix = centre + torch.arange(-half, half + 1)
+            valid = (pix >= 0) & (pix < n_fine)
+            return pix.clamp(0, n_fine - 1), valid, None, None, None
+        stride = self.config.wing_stride
+        left = torch.div(centre - core, stride, rounding_mode="floor") * stride
+        right = -torch.div(-(centre + core), stride, rounding_mode="floor") * stride
+        pix = centre + torch.arange(-(core + stride - 1), core + stride)
+        valid = (pix >= left) & (pix <= right)
+        ramp_left = (1.0 - (pix - left) / stride).clamp(min=0.0) * valid
+        ramp_right = (1.0 - (right - pix) / stride).clamp(min=0.0) * valid
+        # wing nodes outward from left and right; the outermost is always beyond the window
+        steps = torch.arange(half // stride + 2)
+        nodes = torch.cat([left // stride - steps, right // stride + steps], dim=1)
+        node_valid = (nodes * stride >= centre - half) & (nodes * stride <= centre + half)
+        nodes = nodes.clamp(0, (n_fine - 1) // stride)
+        return (
+            pix,
+            valid,
+            (ramp_left, ramp_right, left - pix[:, :1], right - pix[:, :1]),
+            nodes,
+            node_valid,
+        )
+
+    def _profiles(self, lam, plan, idx, params, valid, derivatives: bool, far: bool = False):
+        """Line opacity [cm^-1] (and d/d width, d/d damping) at wavelengths lam (Lc, W), (Lc, W, D)."""
         ln_amp, width, damping = params  # (Lc, D)
-        pix, valid = self._window(plan, idx, half)
-        lam = self.fine[pix]  # (Lc, W)
         vd = self.config.voigt_dtype
         dl = (lam - plan.lines.wavelength[idx][:, None])[:, :, None]
         w = width[:, None, :]
@@ -351,26 +414,58 @@ class Synthesizer:
         amp = torch.exp(ln_amp)[:, None, :]
         mask = valid[:, :, None].to(width.dtype)
         if not derivatives:
-            h = voigt(v, a).to(width.dtype)
-            return pix, amp * h / (SQRT_PI * w) * mask
-        h, dh_dv, dh_da = (x.to(width.dtype) for x in voigt_and_derivatives(v, a))
+            h = voigt(v, a, far=far).to(width.dtype)
+            return (amp * h / (SQRT_PI * w) * mask,)
+        h, dh_dv, dh_da = (x.to(width.dtype) for x in voigt_and_derivatives(v, a, far=far))
         vv = v.to(width.dtype)
         kappa = amp * h / (SQRT_PI * w) * mask
         d_width = -amp * (h + vv * dh_dv) / (SQRT_PI * w * w) * mask
         d_damping = amp * dh_da / (SQRT_PI * w) * mask
-        return pix, kappa, d_width, d_damping
+        return kappa, d_width, d_damping
+
+    def _line_profile(self, plan, idx, core, half, params, derivatives: bool, ramps: bool = True):
+        """Core profiles on fine pixels (pix, values...) and wing profiles on nodes (or None).
+
+        `ramps`: subtract the wings' interpolation into the core (the opacity on the grid);
+        without, the core is the plain profile on [left, right].
+        """
+        pix, valid, ramp, nodes, node_valid = self._line_windows(plan, idx, core, half)
+        values = self._profiles(self.fine[pix], plan, idx, params, valid, derivatives)
+        if ramp is None:
+            return pix, values, None, None
+        if ramps:
+            ramp_left, ramp_right, i_left, i_right = ramp
+            rows = torch.arange(pix.shape[0])[:, None]
+            values = tuple(
+                x
+                - ramp_left[:, :, None] * x[rows, i_left]
+                - ramp_right[:, :, None] * x[rows, i_right]
+                for x in values
+            )
+        lam = self.fine[nodes * self.config.wing_stride]
+        wings = self._profiles(lam, plan, idx, params, node_valid, derivatives, far=True)
+        return pix, values, nodes, wings
 
     def line_opacity(self, state: dict[str, torch.Tensor], plan: LinePlan) -> torch.Tensor:
         """Total line opacity [cm^-1] on the fine grid, (N, D), without autograd."""
         n_depth = state["temperature"].shape[0]
-        kappa = torch.zeros(self.fine.shape[0] * n_depth, dtype=self.config.dtype)
+        n_fine = self.fine.shape[0]
+        stride = max(self.config.wing_stride, 1)
+        kappa = torch.zeros(n_fine * n_depth, dtype=self.config.dtype)
+        wings = torch.zeros(((n_fine - 1) // stride + 1) * n_depth, dtype=self.config.dtype)
+        depth = torch.arange(n_depth)
         with torch.no_grad():
-            for half, idx in self._line_chunks(plan):
+            for core, half, idx in self._line_chunks(plan):
                 params = line_parameters(state, plan.lines.subset(idx))
-                pix, k = self._line_profile(plan, idx, half, params, derivatives=False)
-                flat = (pix[:, :, None] * n_depth + torch.arange(n_depth)).reshape(-1)
-                kappa.index_add_(0, flat, k.reshape(-1))
-        return kappa.reshape(self.fine.shape[0], n_depth)
+                pix, (k,), nodes, wing = self._line_profile(plan, idx, core, half, params, False)
+                kappa.index_add_(0, (pix[:, :, None] * n_depth + depth).reshape(-1), k.reshape(-1))
+                if nodes is not None:
+                    flat = (nodes[:, :, None] * n_depth + depth).reshape(-1)
+                    wings.index_add_(0, flat, wing[0].reshape(-1))
+            kappa = kappa.reshape(n_fine, n_depth)
+            if plan.wing_buckets:
+                kappa += self._interp(wings.reshape(-1, n_depth), stride, 0, n_fine)
+        return kappa
 
     # ------------------------------------------------------------------ synthesis
     def synthesize(
@@ -551,19 +646,44 @@ class Synthesizer:
         return out[:, 0], out[:, 1:].T.contiguous()
 
     def _line_gradients(self, state, jac, plan, g_line, dflux) -> None:
-        """Add sum_d G(lambda, d) d kappa_line(lambda, d)/d label, line by line (exact)."""
-        n_depth = state["temperature"].shape[0]
-        for half, idx in self._line_chunks(plan):
+        """Add sum_d G(lambda, d) d kappa_line(lambda, d)/d label, line by line (exact).
+
+        A line with wings is, on the grid, its profile on the core [left, right] (there the
+        wing interpolation that reaches in is subtracted again, line_opacity) and its
+        interpolated wing nodes beyond: the core is differentiated without the ramps (they
+        cancel; the wing's asymptotic value at left and right equals the core's to 1e-7) and the
+        wings at the fine pixels outside the core.
+        """
+        stride = self.config.wing_stride
+        for core, half, idx in self._line_chunks(plan):
             sub = plan.lines.subset(idx)
             params = line_parameters(state, sub)
             d_params = line_parameter_tangents(state, jac, sub, params)  # 3 x (Lc, D, K)
-            pix, kappa, k_w, k_a = self._line_profile(plan, idx, half, params, derivatives=True)
+            pix, values, nodes, wings = self._line_profile(
+                plan, idx, core, half, params, derivatives=True, ramps=False
+            )
+            if nodes is not None:
+                # the wing nodes' values, interpolated to the fine pixels they reach outside the
+                # core: outward from left (node 0 of the left half) and right
+                n_side = nodes.shape[1] // 2
+                q = torch.arange(1, (n_side - 1) * stride)
+                i0, t = q // stride, ((q % stride).to(dflux.dtype) / stride)[None, :, None]
+                left, right = nodes[:, :1] * stride, nodes[:, n_side : n_side + 1] * stride
+                wing_pix = torch.cat([left - q, right + q], dim=1)
+                fine_values = []
+                for x in wings:
+                    sides = (x[:, :n_side], x[:, n_side:])
+                    fine_values.append(
+                        torch.cat([(1 - t) * y[:, i0] + t * y[:, i0 + 1] for y in sides], dim=1)
+                    )
+                n_fine = self.fine.shape[0]
+                pix = torch.cat([pix, wing_pix.clamp(0, n_fine - 1)], dim=1)
+                values = tuple(torch.cat(pair, dim=1) for pair in zip(values, fine_values))
             g = g_line[pix]  # (Lc, W, D)
             # one batched matmul: (Lc, W, 3D) @ (Lc, 3D, K)
-            weighted = torch.cat([g * kappa, g * k_w, g * k_a], dim=2)
+            weighted = torch.cat([g * x for x in values], dim=2)
             contrib = torch.bmm(weighted, torch.cat(d_params, dim=1))
             dflux.index_add_(0, pix.reshape(-1), contrib.reshape(-1, contrib.shape[-1]))
-        del n_depth
 
     # ------------------------------------------------------------------ instrument
     def _sampling_matrix(self, sigma_ln: float) -> torch.Tensor:
@@ -589,3 +709,8 @@ class Synthesizer:
                 (ln_out.size, ln_fine.size),
                 check_invariants=False,
             )
+
+
+def _power_of_two(n: torch.Tensor) -> torch.Tensor:
+    """The smallest power of two >= n (int64): window sizes in buckets with little padding."""
+    return torch.pow(2, torch.ceil(torch.log2(n.double()))).long()
