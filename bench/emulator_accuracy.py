@@ -67,6 +67,8 @@ def train(grid: str, settings: dict, args) -> tuple[EmulatorModule, GridDataModu
         test_fraction=args.test_fraction,
         seed=args.seed,
     )
+    if settings.get("gradient_weight", 0) > 0:
+        settings = {**settings, "gradient_sampling": args.sampling}
     module = EmulatorModule.from_datamodule(
         data,
         patch_size=args.patch_size,
@@ -161,6 +163,12 @@ def main() -> None:
     parser.add_argument("--directions", type=int, default=1)
     parser.add_argument(
         "--gradient-spectra", type=int, default=4, help="spectra per batch with derivatives"
+    )
+    parser.add_argument(
+        "--sampling",
+        default="dense",
+        choices=["dense", "uniform", "error"],
+        help="gradient directions of the prior model (EmulatorModule.gradient_sampling)",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--constant-lr", action="store_true")

@@ -31,7 +31,7 @@ from phdl.models import SpectrumEmulator, build_network
 
 FLUX_LOSSES = ("mse", "l1")
 SCHEDULERS = ("cosine", "onecycle", "constant")
-GRADIENT_SAMPLING = ("uniform", "error")
+GRADIENT_SAMPLING = ("uniform", "error", "dense")
 GRADIENT_BALANCE = ("fixed", "relative")
 #: Rows (spectrum x label) per forward-mode pass when validating gradients: bounds memory.
 VAL_ROWS = 128
@@ -78,7 +78,12 @@ class EmulatorModule(LightningModule):
             The flux term always uses the whole batch; a few spectra per step carry the
             gradient term at a fraction of the cost of differentiating every one.
         gradient_sampling: 'uniform' over labels with gradients, or 'error' (half uniform, half in
-            proportion to each label's running gradient error, so badly learnt labels get more).
+            proportion to each label's running gradient error, so badly learnt labels get more):
+            one-hot directions, one label each. 'dense': each direction is a random +-1
+            combination of every label with gradient spectra, each label's component divided by
+            its typical gradient size (with gradient_normalise), so one forward-mode pass checks
+            all labels at once and its expected squared error is the sum of the labels'
+            normalised errors (weak-lined elements are not drowned by Teff).
         gradient_normalise: divide each label's gradient error by its typical gradient size.
         gradient_start_step: optimiser steps on fluxes only before the gradient term starts.
         gradient_warmup_steps: steps over which lambda then ramps linearly from 0.
@@ -175,7 +180,9 @@ class EmulatorModule(LightningModule):
         )
         self.register_buffer(
             "gradient_floor",
-            torch.tensor(self.label_scaling.gradient_floor(self.gradient_names), dtype=torch.float32),
+            torch.tensor(
+                self.label_scaling.gradient_floor(self.gradient_names), dtype=torch.float32
+            ),
             persistent=False,
         )
         self.register_buffer(
@@ -251,6 +258,37 @@ class EmulatorModule(LightningModule):
         d_flux_d_physical = d_flux_d_scaled.view(b, d, -1) / self.label_span[label_index][..., None]
         return flux.view(b, d, -1)[:, 0], d_flux_d_physical
 
+    def dense_gradient_errors(
+        self, scaled_labels: torch.Tensor, gradients: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flux (B, P) and per (spectrum, direction) loss (B, D) along random sign combinations.
+
+        Direction r (B, D, K) of +-1 over the labels with gradient spectra (0 where absent); the
+        network is differentiated along sum_k r_k w_k d/d label_k, with w_k = 1 / (typical
+        gradient size) when normalising, and compared with sum_k r_k w_k gradient_k. The loss is
+        divided by the number of labels, so that it is the mean normalised per-label error in
+        expectation, as for one-hot directions.
+        """
+        b, k = mask.shape
+        d = self.hparams.gradient_directions
+        signs = torch.randint(0, 2, (b, d, k), device=mask.device).to(gradients.dtype) * 2 - 1
+        weights = signs * mask[:, None, :].to(gradients.dtype)
+        if self.hparams.gradient_normalise:
+            weights = weights / self.gradient_size
+        # d / d physical label_k = (d / d scaled label) / span: fold the span into the tangent.
+        span = self.label_span[self.gradient_label_index]
+        tangent = torch.zeros(b, d, scaled_labels.shape[1], dtype=scaled_labels.dtype,
+                              device=scaled_labels.device)  # fmt: skip
+        tangent.index_add_(2, self.gradient_label_index, weights / span)
+        repeated = scaled_labels.repeat_interleave(d, dim=0)
+        flux, derivative = jvp(self.network, (repeated,), (tangent.reshape(b * d, -1),))
+        target = torch.einsum("bdk,bkp->bdp", weights, torch.where(mask[..., None], gradients, 0))
+        error = derivative.view(b, d, -1) - target
+        n_labels = mask.sum(1).clamp_min(1).to(gradients.dtype)[:, None]
+        return flux.view(b, d, -1)[:, 0], _pointwise(error, self.hparams.flux_loss).mean(
+            -1
+        ) / n_labels
+
     def gradient_errors(
         self, derivatives: torch.Tensor, gradients: torch.Tensor, columns: torch.Tensor
     ) -> torch.Tensor:
@@ -272,15 +310,21 @@ class EmulatorModule(LightningModule):
             # The batch is already shuffled: its first spectra are a random subset.
             mask = mask[:subset]
         if weight > 0 and mask.shape[1] > 0 and bool(mask.any()):
-            columns = self.sample_directions(mask)
             n = mask.shape[0]
-            derived, derivatives = self.directional_derivatives(labels[:n], columns)
+            if self.hparams.gradient_sampling == "dense":
+                derived, per_pair = self.dense_gradient_errors(
+                    labels[:n], batch["gradients"][:n], mask
+                )
+                valid = mask.any(1, keepdim=True).expand_as(per_pair).float()
+            else:
+                columns = self.sample_directions(mask)
+                derived, derivatives = self.directional_derivatives(labels[:n], columns)
+                per_pair = self.gradient_errors(derivatives, batch["gradients"][:n], columns)
+                valid = mask.gather(1, columns).float()
             if n < labels.shape[0]:
                 predicted = torch.cat([derived, self.network(labels[n:])])
             else:
                 predicted = derived
-            per_pair = self.gradient_errors(derivatives, batch["gradients"][:n], columns)
-            valid = mask.gather(1, columns).float()
             parts["gradient"] = (per_pair * valid).sum() / valid.sum().clamp_min(1.0)
             if self.hparams.gradient_sampling == "error":
                 self._update_gradient_error(per_pair.detach(), columns, valid)

@@ -144,6 +144,34 @@ def test_gradient_term_is_zero_for_the_exact_emulator(toy_grid):
     ).abs().max() > 1e-2
 
 
+def test_dense_directions_are_zero_for_the_exact_emulator_and_average_to_one_hot(toy_grid):
+    """'dense' sampling: no error for the exact model; for any other model its expected loss is
+    the mean of the per-label normalised errors that one-hot directions measure one at a time."""
+    from phdl.labels import DEFAULT_RANGES
+
+    datamodule = GridDataModule(str(toy_grid), batch_size=4)
+    names = datamodule.info.label_names
+    module = _module(datamodule, gradient_weight=1.0, gradient_sampling="dense",
+                     gradient_directions=4000).double()  # fmt: skip
+    batch = {
+        k: v.double() if v.is_floating_point() else v for k, v in _first_batch(datamodule).items()
+    }
+    mask = batch["gradient_mask"]
+    mask[1, 2] = False  # a spectrum without one of its gradient spectra
+    _, dense = module.dense_gradient_errors(batch["labels"], batch["gradients"], mask)
+    columns = torch.arange(len(names)).expand(4, -1)
+    _, derivatives = module.directional_derivatives(batch["labels"], columns)
+    one_hot = module.gradient_errors(derivatives, batch["gradients"], columns) * mask
+    expected = one_hot.sum(1) / mask.sum(1)
+    torch.testing.assert_close(dense.mean(1), expected, rtol=0.1, atol=0)
+
+    exact = ExactToyNetwork(datamodule, [DEFAULT_RANGES[n][0] for n in names],
+                            [DEFAULT_RANGES[n][1] for n in names])  # fmt: skip
+    module.network = exact.double()
+    _, dense = module.dense_gradient_errors(batch["labels"], batch["gradients"], mask)
+    assert dense.max() < 1e-7  # float32 grid and scaling; a wrong model scores ~1
+
+
 def test_jvp_derivatives_equal_full_jacobian_through_scaling(toy_grid):
     datamodule = GridDataModule(str(toy_grid), batch_size=4)
     module = _module(datamodule).double()
