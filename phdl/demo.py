@@ -37,7 +37,8 @@ class DemoSize:
 
     n_spectra: int
     wavelength_range: tuple[float, float]
-    train_seconds: int
+    train_steps: int  # optimiser steps per emulator: the same results on any machine
+    val_every_epochs: int  # validation (with per-label gradient errors) every n epochs
     n_mock: int
     snr: float
     d_model: int
@@ -48,7 +49,8 @@ class DemoSize:
 FULL = DemoSize(
     n_spectra=160,
     wavelength_range=(5000.0, 5400.0),
-    train_seconds=120,
+    train_steps=1500,
+    val_every_epochs=50,
     n_mock=40,
     snr=100.0,
     d_model=64,
@@ -58,7 +60,8 @@ FULL = DemoSize(
 QUICK = DemoSize(
     n_spectra=32,
     wavelength_range=(5150.0, 5250.0),
-    train_seconds=15,
+    train_steps=120,
+    val_every_epochs=10,
     n_mock=6,
     snr=100.0,
     d_model=32,
@@ -124,18 +127,18 @@ def _overlay(path: Path, settings: dict) -> str:
 
 
 def train(out: Path, grid: Path, name: str, weight: float, size: DemoSize) -> Path:
-    """`phdl fit` with configs/fit_demo.yaml for `size.train_seconds`; returns last.ckpt."""
+    """`phdl fit` with configs/fit_demo.yaml for `size.train_steps`; returns last.ckpt."""
     from phdl.cli import main
 
     run = (out / "emulators" / name).resolve()
     checkpoint = run / "checkpoints" / "last.ckpt"
     if checkpoint.exists():
         return checkpoint
-    seconds = size.train_seconds
     overlay = {
         "trainer": {
             "max_epochs": -1,
-            "max_time": f"00:00:{seconds // 60:02d}:{seconds % 60:02d}",
+            "max_steps": size.train_steps,
+            "check_val_every_n_epoch": size.val_every_epochs,
             "default_root_dir": str(run),
             "enable_model_summary": False,
             "logger": {
@@ -155,6 +158,9 @@ def train(out: Path, grid: Path, name: str, weight: float, size: DemoSize) -> Pa
         "model": {
             "init_args": {
                 "gradient_weight": weight,
+                # fluxes first, then lambda ramps up (configs/fit_demo.yaml: 100 and 200 steps)
+                "gradient_start_step": size.train_steps // 15,
+                "gradient_warmup_steps": 2 * (size.train_steps // 15),
                 "d_model": size.d_model,
                 "d_ff": 4 * size.d_model,
                 "label_hidden": 2 * size.d_model,
@@ -439,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     checkpoints, reports = {}, {}
     for k, (name, weight) in enumerate(EMULATORS.items()):
         checkpoints[name] = timed(f"training {name}", 2 + k,
-                                  f"train the {name} emulator (lambda = {weight}, {size.train_seconds} s)",
+                                  f"train the {name} emulator (lambda = {weight}, {size.train_steps} steps)",
                                   train, out, grid, name, weight, size)  # fmt: skip
     n = 2 + len(EMULATORS)
     reports = timed("reports", n, "emulation accuracy on held-out spectra",
