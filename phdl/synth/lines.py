@@ -70,10 +70,14 @@ def _faddeeva_taylor(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, to
     dr = x - i * h
     di = a - j * h
     node = (i * n_nodes + j).long()
-    re = table_re[-1][node]
-    im = table_im[-1][node]
-    for n in range(_TAYLOR_ORDER - 1, -1, -1):
-        re, im = re * dr - im * di + table_re[n][node], re * di + im * dr + table_im[n][node]
+    # index_select: several times faster than advanced indexing (the Voigt's main cost)
+    re = table_re[-1].index_select(0, node)
+    im = table_im[-1].index_select(0, node)
+    for n in range(_TAYLOR_ORDER - 1, -1, -1):  # Horner in complex arithmetic, fused steps
+        re, im = (
+            torch.addcmul(table_re[n].index_select(0, node), re, dr).addcmul_(im, di, value=-1),
+            torch.addcmul(table_im[n].index_select(0, node), re, di).addcmul_(im, dr),
+        )
     return re, im
 
 
@@ -115,9 +119,9 @@ def faddeeva(v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     im = torch.empty_like(x)
     for idx, fn in regions:
         if idx.numel():
-            r, i = fn(x[idx], a[idx])
-            re[idx] = r
-            im[idx] = i
+            r, i = fn(x.index_select(0, idx), a.index_select(0, idx))
+            re.index_copy_(0, idx, r)
+            im.index_copy_(0, idx, i)
     # w(-x + i a) = conj(w(x + i a))
     im = torch.where(v < 0, -im, im)
     return re.reshape(shape), im.reshape(shape)
@@ -240,24 +244,43 @@ def line_parameter_tangents(
     The analytic derivative of `line_parameters` (no AD over the ~10^4 lines): `jacobian[key]`
     is d state[key] / d label with the label axis last, `params` its output at `state`.
     """
+    c = line_tangent_coefficients(state, lines, params)
+    d_temp = jacobian["temperature"][None]  # (1, D, K)
+    d_vmic = jacobian["vmic"]  # (K,)
+    d_ln_amp = jacobian["ln_population"][lines.species_index] + c["amp_t"][..., None] * d_temp
+    d_width = c["width_t"][..., None] * d_temp + c["width_vmic"][..., None] * d_vmic
+    d_damping = (
+        c["damping_t"][..., None] * d_temp
+        + c["damping_ne"][..., None] * jacobian["electron_density"][None]
+        + c["damping_nh"][..., None] * jacobian["n_hi"][None]
+        + c["damping_vmic"][..., None] * d_vmic
+    )
+    return d_ln_amp, d_width, d_damping
+
+
+def line_tangent_coefficients(
+    state: dict[str, torch.Tensor],
+    lines: LineData,
+    params: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Partials of the line parameters by the state, (L, D) each: the tangents' building blocks.
+
+    d ln A = d ln_population[species] + amp_t dT; d width = width_t dT + width_vmic d vmic;
+    d damping = damping_t dT + damping_ne d n_e + damping_nh d n_HI + damping_vmic d vmic.
+    """
     _, width, damping = params
     temperature = state["temperature"]  # (D,)
-    d_temp = jacobian["temperature"]  # (D, K)
-    d_pop = jacobian["ln_population"][lines.species_index]  # (L, D, K)
     lam = lines.wavelength[:, None]
     x = HC_OVER_K_ANGSTROM / (lam * temperature[None, :])
     # d ln A / d T: excitation and stimulated emission
     dln_amp_dt = lines.chi_lower[:, None] / (
         K_B_EV * temperature**2
     ) - x / temperature / torch.expm1(x)
-    d_ln_amp = d_pop + dln_amp_dt[:, :, None] * d_temp
     vmic = state["vmic"]
     velocity2 = 2.0 * K_B * temperature[None, :] / lines.mass[:, None] + vmic * vmic
     # width = lam v / c, v^2 = 2kT/m + vmic^2
     dlnw_dt = (K_B / lines.mass[:, None]) / velocity2  # (L, D)
     dlnw_dvmic = vmic / velocity2
-    dln_width = dlnw_dt[:, :, None] * d_temp + dlnw_dvmic[:, :, None] * jacobian["vmic"]
-    d_width = width[:, :, None] * dln_width
     # damping = (gamma_rad + gamma_stark + gamma_vdw) / (4 pi c width / lambda^2)
     t4 = temperature[None, :] / 1e4
     ne = state["electron_density"][None, :]
@@ -283,12 +306,14 @@ def line_parameter_tangents(
     gamma = lines.gamma_rad[:, None] + gamma_stark + gamma_vdw
     inv_t = 1.0 / temperature[None, :]
     dgamma_dt = (gamma_stark / 6.0 + gamma_vdw * vdw_t_exponent) * inv_t  # (L, D)
-    dgamma_dne = gamma_stark / ne
-    dgamma_dnh = gamma_vdw / n_h
-    d_gamma = (
-        dgamma_dt[:, :, None] * d_temp
-        + dgamma_dne[:, :, None] * jacobian["electron_density"]
-        + dgamma_dnh[:, :, None] * jacobian["n_hi"]
-    )
-    d_damping = damping[:, :, None] * (d_gamma / gamma[:, :, None] - dln_width)
-    return d_ln_amp, d_width, d_damping
+    # damping = gamma / (4 pi c width / lambda^2): d ln damping = d ln gamma - d ln width
+    damping_over_gamma = damping / gamma
+    return {
+        "amp_t": dln_amp_dt,
+        "width_t": width * dlnw_dt,
+        "width_vmic": width * dlnw_dvmic,
+        "damping_t": damping_over_gamma * dgamma_dt - damping * dlnw_dt,
+        "damping_ne": damping_over_gamma * gamma_stark / ne,
+        "damping_nh": damping_over_gamma * gamma_vdw / n_h,
+        "damping_vmic": -damping * dlnw_dvmic,
+    }

@@ -37,8 +37,8 @@ from phdl.synth.lines import (
     HC_OVER_K_ANGSTROM,
     SQRT_PI,
     LineData,
-    line_parameter_tangents,
     line_parameters,
+    line_tangent_coefficients,
     voigt,
     voigt_and_derivatives,
 )
@@ -352,6 +352,8 @@ class Synthesizer:
             buckets, wing_buckets = [], []
             for c, h in torch.unique(torch.stack([core, size], 1), dim=0).tolist():
                 idx = torch.nonzero((core == c) & (size == h))[:, 0]
+                # by species: the gradient contraction takes each species' lines at once
+                idx = idx[torch.argsort(lines.species_index[idx], stable=True)]
                 if c:
                     wing_buckets.append((int(c), int(h), idx))
                 else:
@@ -415,28 +417,35 @@ class Synthesizer:
         v = (dl / w).to(vd)
         a = damping[:, None, :].expand_as(v).to(vd)
         amp = torch.exp(ln_amp)[:, None, :]
-        mask = valid[:, :, None].to(width.dtype)
         if not derivatives:
             h = voigt(v, a, far=far).to(width.dtype)
-            return (amp * h / (SQRT_PI * w) * mask,)
+            return (amp * h / (SQRT_PI * w) * valid[:, :, None],)
         dt = self.config.gradient_dtype
         h, dh_dv, dh_da = (x.to(dt) for x in voigt_and_derivatives(v, a, far=far))
-        vv, w, amp, mask = v.to(dt), w.to(dt), amp.to(dt), mask.to(dt)
-        kappa = amp * h / (SQRT_PI * w) * mask
-        d_width = -amp * (h + vv * dh_dv) / (SQRT_PI * w * w) * mask
-        d_damping = amp * dh_da / (SQRT_PI * w) * mask
+        vv, w = v.to(dt), w.to(dt)
+        scale = amp.to(dt) / (SQRT_PI * w)  # (Lc, 1, D)
+        if valid is not None:  # None: the caller zeroes what invalid pixels contribute
+            scale = scale * valid[:, :, None]
+        kappa = h * scale
+        d_width = (h + vv * dh_dv).mul_(-scale / w)
+        d_damping = dh_da.mul_(scale)
         return kappa, d_width, d_damping
 
-    def _line_profile(self, plan, idx, core, half, params, derivatives: bool, ramps: bool = True):
-        """Core profiles on fine pixels (pix, values...) and wing profiles on nodes (or None).
+    def _line_profile(
+        self, plan, idx, core, half, params, derivatives: bool, ramps: bool = True
+    ) -> tuple:
+        """Core profiles on fine pixels and wing profiles on nodes (or None).
 
-        `ramps`: subtract the wings' interpolation into the core (the opacity on the grid);
-        without, the core is the plain profile on [left, right].
+        Returns (pix, valid, values, nodes, wing values). `ramps`: subtract the wings'
+        interpolation into the core (the opacity on the grid); without, the core is the plain
+        profile on [left, right], not masked (the caller masks d F / d kappa instead).
         """
         pix, valid, ramp, nodes, node_valid = self._line_windows(plan, idx, core, half)
-        values = self._profiles(self.fine[pix], plan, idx, params, valid, derivatives)
+        values = self._profiles(
+            _take(self.fine, pix), plan, idx, params, valid if ramps else None, derivatives
+        )
         if ramp is None:
-            return pix, values, None, None
+            return pix, valid, values, None, None
         if ramps:
             ramp_left, ramp_right, i_left, i_right = ramp
             rows = torch.arange(pix.shape[0])[:, None]
@@ -448,7 +457,7 @@ class Synthesizer:
             )
         lam = self.fine[nodes * self.config.wing_stride]
         wings = self._profiles(lam, plan, idx, params, node_valid, derivatives, far=True)
-        return pix, values, nodes, wings
+        return pix, valid, values, nodes, wings
 
     def line_opacity(self, state: dict[str, torch.Tensor], plan: LinePlan) -> torch.Tensor:
         """Total line opacity [cm^-1] on the fine grid, (N, D), without autograd."""
@@ -461,7 +470,7 @@ class Synthesizer:
         with torch.no_grad():
             for core, half, idx in self._line_chunks(plan):
                 params = line_parameters(state, plan.lines.subset(idx))
-                pix, (k,), nodes, wing = self._line_profile(plan, idx, core, half, params, False)
+                pix, _, (k,), nodes, wing = self._line_profile(plan, idx, core, half, params, False)
                 kappa.index_add_(0, (pix[:, :, None] * n_depth + depth).reshape(-1), k.reshape(-1))
                 if nodes is not None:
                     flat = (nodes[:, :, None] * n_depth + depth).reshape(-1)
@@ -608,6 +617,12 @@ class Synthesizer:
         ]
         cont_tangents = torch.stack(structure + [tangent_of(*key) for key in cont_partials])
         hyd_tangents = torch.stack([tangent_of(*key) for key in hyd_partials])
+        # d opacity / d label on the continuum and hydrogen nodes, (nodes, D, K): contracted
+        # with d F / d kappa per node pair (_contract_interpolated), never on the fine grid
+        cont_nodes = torch.einsum(
+            "qjd,qdk->jdk", torch.stack(list(cont_partials.values())), cont_tangents[3:]
+        )
+        hyd_stack = torch.stack(list(hyd_partials.values()))
 
         # continuum flux and its gradients on the continuum grid
         with torch.enable_grad():
@@ -631,15 +646,18 @@ class Synthesizer:
             flux[start:stop] = f.detach()
             g = total.grad  # d F / d kappa for every opacity source
             g_line[start:stop] = g
-            sens = [rho.grad, mass.grad, temp.grad] + [
-                g * self._interp(p, cfg.continuum_stride, start, stop)
-                for p in cont_partials.values()
-            ]
-            dflux[start:stop] += torch.einsum("qld,qdk->lk", torch.stack(sens), cont_tangents)
-            sens = [
-                g * self._interp(p, cfg.hydrogen_stride, start, stop) for p in hyd_partials.values()
-            ]
-            dflux[start:stop] += torch.einsum("qld,qdk->lk", torch.stack(sens), hyd_tangents)
+            sens = torch.stack([rho.grad, mass.grad, temp.grad])
+            dflux[start:stop] += torch.einsum("qld,qdk->lk", sens, cont_tangents[:3])
+            dflux[start:stop] += self._contract_interpolated(
+                g, lambda a, b: cont_nodes[a:b], cfg.continuum_stride, start, stop
+            )
+            dflux[start:stop] += self._contract_interpolated(
+                g,
+                lambda a, b: torch.einsum("qjd,qdk->jdk", hyd_stack[:, a:b], hyd_tangents),
+                cfg.hydrogen_stride,
+                start,
+                stop,
+            )
         self._line_gradients(state, jac, plan, g_line, dflux)
         # normalise: f = F / Fc  =>  df = dF / Fc - F dFc / Fc^2
         norm = flux / fc_fine
@@ -649,48 +667,128 @@ class Synthesizer:
         out = self._kernel @ torch.cat([norm[:, None], dnorm], dim=1)
         return out[:, 0], out[:, 1:].T.contiguous()
 
-    def _line_gradients(self, state, jac, plan, g_line, dflux) -> None:
-        """Add sum_d G(lambda, d) d kappa_line(lambda, d)/d label, line by line (exact).
+    @staticmethod
+    def _contract_interpolated(g, nodes, stride: int, start: int, stop: int) -> torch.Tensor:
+        """sum_d g(lambda, d) T(lambda, d, k) at fine pixels start..stop-1, (stop - start, K).
 
-        A line with wings is, on the grid, its profile on the core [left, right] (there the
-        wing interpolation that reaches in is subtracted again, line_opacity) and its
-        interpolated wing nodes beyond: the core is differentiated without the ramps (they
-        cancel; the wing's asymptotic value at left and right equals the core's to 1e-7) and the
-        wings at the fine pixels outside the core.
+        T is interpolated linearly (as `_interp` does) from node values nodes(a, b) -> (b - a,
+        D, K) for nodes a..b-1; grouping the fine pixels by their node pair turns this into two
+        batched matmuls, without T on the fine grid.
         """
-        stride = self.config.wing_stride
+        first, last = start // stride, (stop - 1) // stride
+        n_nodes = last - first + 1
+        table = nodes(first, last + 2)
+        if table.shape[0] < n_nodes + 1:  # the grid's last node: its right partner has weight 0
+            table = torch.cat([table, torch.zeros_like(table[:1])])
+        pad = start - first * stride
+        rows = torch.nn.functional.pad(g, (0, 0, pad, (last + 1) * stride - stop))
+        rows = rows.reshape(n_nodes, stride, g.shape[1])
+        t = (torch.arange(stride, dtype=g.dtype) / stride)[None, :, None]
+        out = torch.bmm(rows * (1 - t), table[:n_nodes]) + torch.bmm(rows * t, table[1:])
+        return out.reshape(-1, out.shape[-1])[pad : pad + stop - start]
+
+    def _line_gradients(self, state, jac, plan, g_line, dflux) -> None:
+        """Add sum_d G(lambda, d) d kappa_line(lambda, d)/d label (exact).
+
+        Line cores: line by line, (pixels, 3 D) partials times d F / d kappa in one batched
+        matmul with the (3 D, K) line-parameter tangents. Coarse wings (line_opacity adds them
+        to the grid by linear interpolation from the wing nodes): their derivative is
+        interpolated the same way, so it is summed over all lines on the wing nodes first,
+        sum_lines d kappa(node, d) / d label = sum_species P_s(node, d) J_s(d, k) + sum_x
+        U_x(node, d) dx(d, k) (J_s = d ln population / d label, x = T, n_e, n_HI, vmic), and
+        contracted with G once per fine pixel (_contract_interpolated), whatever the number of
+        lines.
+        """
         dt = self.config.gradient_dtype
-        g_line = g_line.to(dt)
+        g_pad = torch.cat([g_line.to(dt), torch.zeros_like(g_line[:1], dtype=dt)])
+        n_depth, n_fine = g_line.shape[1], g_line.shape[0]
+        stride = max(self.config.wing_stride, 1)
+        n_nodes = (n_fine - 1) // stride + 1
+        wing_lines = [idx for _, _, idx in plan.wing_buckets]
+        species = (
+            torch.unique(plan.lines.species_index[torch.cat(wing_lines)]) if wing_lines else None
+        )
+        if species is not None:
+            local = torch.full((int(plan.lines.species_index.max()) + 1,), -1, dtype=torch.long)
+            local[species] = torch.arange(len(species))
+            pop_sums = torch.zeros(len(species) * n_nodes * n_depth, dtype=g_line.dtype)
+            state_sums = torch.zeros(4, n_nodes, n_depth, dtype=g_line.dtype)  # T, ne, nHI, vmic
+        depth = torch.arange(n_depth)
+        d_pop_all = jac["ln_population"].to(dt)  # (species, D, K)
+        # d (T, n_e, n_HI) / d label stacked along depth: (3 D, K)
+        d_state_cat = torch.cat([jac["temperature"], jac["electron_density"], jac["n_hi"]]).to(dt)
+        d_vmic = jac["vmic"].to(dt)
         for core, half, idx in self._line_chunks(plan):
             sub = plan.lines.subset(idx)
             params = line_parameters(state, sub)
-            d_params = line_parameter_tangents(state, jac, sub, params)  # 3 x (Lc, D, K)
-            pix, values, nodes, wings = self._line_profile(
-                plan, idx, core, half, params, derivatives=True, ramps=False
+            coef = line_tangent_coefficients(state, sub, params)
+            pix, valid, values, nodes, wings = self._line_profile(
+                plan, idx, core, half, params, derivatives=True
             )
-            if nodes is not None:
-                # the wing nodes' values, interpolated to the fine pixels they reach outside the
-                # core: outward from left (node 0 of the left half) and right
-                n_side = nodes.shape[1] // 2
-                q = torch.arange(1, (n_side - 1) * stride)
-                i0, t = q // stride, ((q % stride).to(dt) / stride)[None, :, None]
-                left, right = nodes[:, :1] * stride, nodes[:, n_side : n_side + 1] * stride
-                wing_pix = torch.cat([left - q, right + q], dim=1)
-                fine_values = []
-                for x in wings:
-                    sides = (x[:, :n_side], x[:, n_side:])
-                    fine_values.append(
-                        torch.cat([(1 - t) * y[:, i0] + t * y[:, i0 + 1] for y in sides], dim=1)
-                    )
-                n_fine = self.fine.shape[0]
-                pix = torch.cat([pix, wing_pix.clamp(0, n_fine - 1)], dim=1)
-                values = tuple(torch.cat(pair, dim=1) for pair in zip(values, fine_values))
-            g = g_line[pix]  # (Lc, W, D)
-            # one batched matmul: (Lc, W, 3D) @ (Lc, 3D, K)
-            weighted = torch.cat([g * x for x in values], dim=2)
-            contrib = torch.bmm(weighted, torch.cat(d_params, dim=1).to(dt))
-            contrib = contrib.reshape(-1, contrib.shape[-1]).to(dflux.dtype)
-            dflux.index_add_(0, pix.reshape(-1), contrib)
+            g = _take(g_pad, torch.where(valid, pix, n_fine))  # (Lc, W, D); 0 where invalid
+            kappa, k_width, k_damping = (g * x for x in values)
+            c = {k: v[:, None, :].to(dt) for k, v in coef.items()}
+            # the line-parameter tangents, never formed per line (coefficients of
+            # line_tangent_coefficients): the T, n_e, n_HI parts in one matmul for all lines ...
+            by_state = torch.cat(
+                [
+                    kappa * c["amp_t"] + k_width * c["width_t"] + k_damping * c["damping_t"],
+                    k_damping * c["damping_ne"],
+                    k_damping * c["damping_nh"],
+                ],
+                dim=2,
+            )
+            contrib = by_state.reshape(-1, 3 * n_depth) @ d_state_cat
+            by_vmic = (k_width * c["width_vmic"] + k_damping * c["damping_vmic"]).sum(dim=2)
+            contrib += by_vmic.reshape(-1, 1) * d_vmic
+            # ... and the population part per species (lines sorted by species in the plan)
+            kappa = kappa.reshape(len(idx), -1)
+            runs, counts = torch.unique_consecutive(sub.species_index, return_counts=True)
+            contrib = contrib.reshape(len(idx), -1, contrib.shape[-1])
+            start = 0
+            for sp, n in zip(runs.tolist(), counts.tolist()):
+                rows = kappa[start : start + n].reshape(-1, n_depth)
+                contrib[start : start + n] += (rows @ d_pop_all[sp]).reshape(n, -1, d_vmic.shape[0])
+                start += n
+            dflux.index_add_(
+                0, pix.reshape(-1), contrib.reshape(-1, contrib.shape[-1]).to(dflux.dtype)
+            )
+            if nodes is None:
+                continue
+            kappa, k_width, k_damping = (x.to(g_line.dtype) for x in wings)  # (Lc, nodes, D)
+            c = {k: v[:, None, :] for k, v in coef.items()}
+            row = local[sub.species_index][:, None, None] * n_nodes + nodes[:, :, None]
+            pop_sums.index_add_(0, (row * n_depth + depth).reshape(-1), kappa.reshape(-1))
+            flat = (nodes[:, :, None] * n_depth + depth).reshape(-1)
+            for i, x in enumerate(
+                (
+                    kappa * c["amp_t"] + k_width * c["width_t"] + k_damping * c["damping_t"],
+                    k_damping * c["damping_ne"],
+                    k_damping * c["damping_nh"],
+                    k_width * c["width_vmic"] + k_damping * c["damping_vmic"],
+                )
+            ):
+                state_sums[i].view(-1).index_add_(0, flat, x.reshape(-1))
+        if species is None:
+            return
+        pop_sums = pop_sums.reshape(len(species), n_nodes, n_depth)
+        d_pop = jac["ln_population"][species]  # (S, D, K)
+        d_state = torch.stack(
+            [jac["temperature"], jac["electron_density"], jac["n_hi"]]
+            + [jac["vmic"][None, :].expand(n_depth, -1)]
+        )
+
+        def node_tangents(first: int, stop: int) -> torch.Tensor:
+            """d (wing opacity on nodes first..stop-1) / d label, (nodes, D, K)."""
+            return torch.einsum("sjd,sdk->jdk", pop_sums[:, first:stop], d_pop) + torch.einsum(
+                "qjd,qdk->jdk", state_sums[:, first:stop], d_state
+            )
+
+        for start in range(0, n_fine, self.config.chunk):
+            stop = min(start + self.config.chunk, n_fine)
+            dflux[start:stop] += self._contract_interpolated(
+                g_line[start:stop], node_tangents, stride, start, stop
+            )
 
     # ------------------------------------------------------------------ instrument
     def _sampling_matrix(self, sigma_ln: float) -> torch.Tensor:
@@ -723,3 +821,8 @@ def _bucket_size(n: torch.Tensor) -> torch.Tensor:
     padding a line's window by at most a third."""
     power = torch.pow(2, torch.ceil(torch.log2(n.clamp(min=2).double()))).long()
     return torch.where(3 * power >= 4 * n, 3 * power // 4, power).clamp(min=2)
+
+
+def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] along the first axis, index of any shape (index_select: faster than [])."""
+    return table.index_select(0, index.reshape(-1)).reshape(*index.shape, *table.shape[1:])
