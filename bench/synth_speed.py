@@ -116,7 +116,10 @@ def main() -> None:
         for kind, (wall, cpu) in time_spectra(
             lo, hi, STAR, args.repeats, config, args.device
         ).items():
-            print(f"  {name:12s} {lo:.0f}-{hi:.0f} A  {kind:15s} {wall:7.2f} s  (CPU {cpu:6.2f} s)")
+            print(
+                f"  {name:12s} {lo:.0f}-{hi:.0f} A  {kind:15s} {wall:7.2f} s  (CPU {cpu:6.2f} s;"
+                f" {args.threads} threads, {load()})"
+            )
     if args.device != "cpu":
         return
     per = projected_grid(*DEMO_RANGE, args.grid_stars, args.workers, args.seed)

@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-step", type=float, default=SynthConfig.fine_step)
     p.add_argument("--depth-stride", type=int, default=SynthConfig.depth_stride)
     p.add_argument(
+        "--wing-stride",
+        type=int,
+        default=SynthConfig.wing_stride,
+        help="fine steps between the nodes of strong lines' far wings (0: all on the fine grid)",
+    )
+    p.add_argument(
         "--inputs",
         default="phdl.synth.inputs:default_inputs",
         help="module:function returning SynthInputs (atmospheres, atomic data, lines)",
@@ -153,6 +159,7 @@ def _prepare(args, path: Path) -> np.ndarray:
         extra_attrs={
             "synth_inputs": args.inputs,
             "synth_fine_step": args.fine_step,
+            "synth_wing_stride": args.wing_stride,
             "synth_gradients": not args.no_gradients,
         },
     )
@@ -172,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary = {"path": str(path), "computed": 0, "already_done": int(done.sum()), "seconds": 0.0}
     if todo.size == 0:
         return summary
-    config = SynthConfig(fine_step=args.fine_step, depth_stride=args.depth_stride)
+    config = SynthConfig(
+        fine_step=args.fine_step, depth_stride=args.depth_stride, wing_stride=args.wing_stride
+    )
     workers = max(1, min(args.workers, todo.size))
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     start = time.time()
