@@ -3,9 +3,10 @@
 Loss = flux term + lambda x gradient term (PhDLspec's physical prior). The gradient term compares
 the network's d flux / d label, converted to physical units through the label scaling (chain
 rule), with the grid's gradient spectra. It never builds the full (L, P) Jacobian: each spectrum
-gets a few one-hot label directions per step, differentiated in forward mode (`torch.func.jvp`),
-and each label's error is divided by that label's typical gradient size so that weak-lined
-elements are not drowned by Teff (DESIGN section 6: random directions gave them no signal).
+gets a few label directions per step, differentiated in forward mode (`torch.func.jvp`): one-hot
+(one label each) or 'dense' (a random +-1 combination of all labels). Either way each label's
+error is divided by that label's typical gradient size so that weak-lined elements are not
+drowned by Teff (DESIGN section 6: unnormalised random directions gave them no signal).
 
 The network is built here from plain arguments and everything needed to rebuild it (label
 names and ranges, wavelengths, medium, resolution, network sizes) is in `save_hyperparameters()`;
