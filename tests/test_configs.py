@@ -28,6 +28,8 @@ LIGHTNING_KEYS = {"model", "data", "trainer"}
 SUBCOMMAND_KEYS = ("ckpt_path", "return_predictions", "verbose", "weights_only")
 OUTPUT_KEYS = {"output", "dirpath", "save_dir", "default_root_dir", "log_dir"}
 FILE_SUFFIXES = (".h5", ".hdf5", ".ckpt", ".pt", ".fits", ".fits.gz", ".csv", ".npz")
+#: keys whose string values are input files or folders whatever their names end with.
+INPUT_KEYS = {"path", "paths", "checkpoint"}
 
 
 def _subcommand(path: Path) -> str:
@@ -37,10 +39,13 @@ def _subcommand(path: Path) -> str:
 
 
 def _input_files(node, found: list[str]) -> list[str]:
-    """String values of a config that name input files (by suffix; outputs by key excluded)."""
+    """String values of a config that name input files or folders (by key or suffix; outputs by
+    key excluded)."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key not in OUTPUT_KEYS:
+            if key in INPUT_KEYS and isinstance(value, str):
+                found.append(value)  # e.g. a LAMOST folder (../shared/... may be absent)
+            elif key not in OUTPUT_KEYS:
                 _input_files(value, found)
     elif isinstance(node, list):
         for value in node:
