@@ -120,8 +120,8 @@ def main() -> None:
                 f"  {name:12s} {lo:.0f}-{hi:.0f} A  {kind:15s} {wall:7.2f} s  (CPU {cpu:6.2f} s;"
                 f" {args.threads} threads, {load()})"
             )
-    if args.device != "cpu":
-        return
+    if args.device != "cpu" or args.grid_stars < 1 or args.workers < 1:
+        return  # --grid-stars 0 / --workers 0: one-spectrum timings only
     per = projected_grid(*DEMO_RANGE, args.grid_stars, args.workers, args.seed)
     hours = 1000 * per / args.workers / 3600
     print(
