@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benches import load_bench
 
 from phdl.emulator import load_emulator
 from phdl.fit.fitter import LabelFitter
@@ -16,18 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "phdl-demo.ckpt"
 
 
-def bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(not CHECKPOINT.exists(), reason=f"no {CHECKPOINT}")
 def test_cramer_rao_scales_with_gradient_size_even_for_lineless_labels():
     """Shrinking one label's gradient spectra by 1e-8 raises its bound by 1e8 and leaves the
     others alone (a plain pseudo-inverse reported ~0 for such labels)."""
-    fit_recovery = bench("fit_recovery")
+    fit_recovery = load_bench("fit_recovery")
     emulator = load_emulator(CHECKPOINT)
     model = LabelFitter.from_emulator(emulator).spectrum_model
     n_labels, n_pixels = len(emulator.label_names), emulator.wavelength.size

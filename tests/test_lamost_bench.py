@@ -6,12 +6,12 @@ and skips without them; bench/lamost_mock_vs_arrays.py needs nothing but the che
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+from benches import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "phdl-demo.ckpt"
@@ -21,17 +21,10 @@ REFERENCE = Path(
 needs_checkpoint = pytest.mark.skipif(not CHECKPOINT.exists(), reason=f"no {CHECKPOINT}")
 
 
-def bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @needs_checkpoint
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"no LAMOST reference data at {REFERENCE}")
 def test_lamost_real_limit_runs_every_part(tmp_path):
-    summary = bench("lamost_real").main(
+    summary = load_bench("lamost_real").main(
         ["--limit", "2", "--output", str(tmp_path), "--reference", str(REFERENCE),
          "--sets", "dr1-lasp", "dr8-repeats", "dr7-mdwarfs",
          "--fit-labels", "teff", "logg", "vmic", "fe_h"]  # 4 labels: a fast smoke
@@ -47,7 +40,7 @@ def test_lamost_real_limit_runs_every_part(tmp_path):
 
 @needs_checkpoint
 def test_mock_vs_arrays_share_the_noise_realisation(tmp_path):
-    summary = bench("lamost_mock_vs_arrays").main(
+    summary = load_bench("lamost_mock_vs_arrays").main(
         ["--n-spectra", "3", "--snr", "50", "--output", str(tmp_path)]
     )
     result = summary["snr"]["50"]

@@ -5,12 +5,12 @@ Needs ../shared/reference/synth-benchmarks (or PHDL_SYNTH_BENCHMARKS); skipped w
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benches import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(
@@ -23,12 +23,7 @@ pytestmark = pytest.mark.skipif(not TS.is_dir(), reason=f"{TS} not present")
 
 @pytest.fixture(scope="module")
 def validation():
-    spec = importlib.util.spec_from_file_location(
-        "synth_validation", ROOT / "bench/synth_validation.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("synth_validation")
 
 
 @pytest.fixture(scope="module")
