@@ -34,8 +34,7 @@ from phdl.fit.writer import read_table
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_observed(checkpoint: str, path: Path, n: int, snr: float, seed: int) -> None:
-    emulator = load_emulator(checkpoint)
+def make_observed(emulator, path: Path, n: int, snr: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     scaled = torch.tensor(
         rng.uniform(-0.4, 0.4, (n, len(emulator.label_names))), dtype=torch.float32
@@ -85,11 +84,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--snr", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    emulator = load_emulator(args.checkpoint)
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         observed = tmp / "observed.h5"
-        make_observed(args.checkpoint, observed, args.n_spectra, args.snr, args.seed)
+        make_observed(emulator, observed, args.n_spectra, args.snr, args.seed)
         tables = {}
         for devices in args.devices:
             output = tmp / f"devices{devices}" / "catalogue.fits"
@@ -107,11 +107,10 @@ def main(argv=None) -> dict:
             table = tables[devices]
             assert len(table) == args.n_spectra, f"{devices} devices: {len(table)} rows"
             other = np.argsort(np.asarray(table["id"]).astype(str))
-            labels = [c for c in load_emulator(args.checkpoint).label_names]
             diff = max(
                 float(np.nanmax(np.abs(np.asarray(table[c])[other] - np.asarray(reference[c])[order])
                                 / np.asarray(reference[f"{c}_err"])[order]))
-                for c in labels
+                for c in emulator.label_names
             )  # largest difference in units of the fitted error  # fmt: skip
             speedup = result[base]["wall_seconds"] / result[devices]["wall_seconds"]
             result[devices].update(speedup=speedup, max_difference_in_errors=diff)

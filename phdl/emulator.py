@@ -286,9 +286,8 @@ class EmulatorModule(LightningModule):
         target = torch.einsum("bdk,bkp->bdp", weights, torch.where(mask[..., None], gradients, 0))
         error = derivative.view(b, d, -1) - target
         n_labels = mask.sum(1).clamp_min(1).to(gradients.dtype)[:, None]
-        return flux.view(b, d, -1)[:, 0], _pointwise(error, self.hparams.flux_loss).mean(
-            -1
-        ) / n_labels
+        per_direction = _pointwise(error, self.hparams.flux_loss).mean(-1) / n_labels
+        return flux.view(b, d, -1)[:, 0], per_direction
 
     def gradient_errors(
         self, derivatives: torch.Tensor, gradients: torch.Tensor, columns: torch.Tensor
