@@ -211,3 +211,86 @@ def test_exposures_of_one_star_share_labels_and_keep_their_own_rv(emulator):
     k = FEW_LABELS.index("fe_h")
     ratio = np.median(single["fe_h_err"]) / result["labels_err"][2, k]
     assert 1.6 < ratio < 2.5, ratio
+
+
+@pytest.fixture(scope="module")
+def lineless_emulator():
+    """The toy emulator plus [Eu/Fe], which no line of the window responds to."""
+    emulator = toy_emulator((*FEW_LABELS, "eu_fe"))
+    emulator.network.response[:, -1] = 0.0
+    return emulator
+
+
+def test_label_prior_holds_an_unconstrained_label_and_says_so(lineless_emulator):
+    emulator = lineless_emulator
+    labels = random_labels(emulator, 6, seed=30)
+    flux, ivar = observe(emulator, labels, snr=100.0, rv=np.zeros(6), seed=31)
+    flux, ivar, ids = torch.tensor(flux), torch.tensor(ivar), list("abcdef")
+    free = LabelFitter.from_emulator(emulator).fit(flux, ivar, ids)
+    assert np.all(free["flag"] & FLAG_BITS["SINGULAR_FISHER"])  # maximum likelihood: no [Eu/Fe]
+    fitter = LabelFitter.from_emulator(emulator, label_prior={"eu_fe": [0.1, 0.2]})
+    result = fitter.fit(flux, ivar, ids)
+    eu = len(FEW_LABELS)
+    # no information: the posterior is the prior, and the catalogue says so
+    assert np.allclose(result["eu_fe"], 0.1, atol=1e-4)
+    assert np.allclose(result["eu_fe_err"], 0.2, rtol=1e-3)
+    assert np.all(result["prior_mask"] == 1 << eu)
+    assert np.all(result["flag"] == FLAG_BITS["PRIOR_DOMINATED"])
+    # the other labels and the spectrum's own chi2 are those of a fit without [Eu/Fe]
+    held = LabelFitter.from_emulator(emulator, fit_labels=list(FEW_LABELS)).fit(flux, ivar, ids)
+    for name in FEW_LABELS:
+        assert np.abs(result[name] - held[name]).max() < 0.1 * held[f"{name}_err"].min(), name
+    assert np.allclose(result["chi2"], held["chi2"], rtol=1e-3)
+    assert fitter.header()["PRIOR"] is True
+
+
+def test_label_prior_combines_with_the_likelihood_as_gaussians_do(emulator):
+    """Posterior = likelihood x prior for Gaussians (linear regime: per star, prior centred one
+    likelihood error away): 1/err^2 adds up, the label moves by the inverse-variance weight,
+    and prior_mask marks the label once the prior holds more information than the spectrum."""
+    labels = random_labels(emulator, 3, seed=32)
+    flux, ivar = observe(emulator, labels, snr=30.0, rv=np.zeros(3), seed=33)
+    flux, ivar = torch.tensor(flux), torch.tensor(ivar)
+    free = LabelFitter.from_emulator(emulator, fit_rv=False).fit(flux, ivar, list("abc"))
+    k = FEW_LABELS.index("mg_fe")
+    for star in range(3):
+        value, sigma = float(free["mg_fe"][star]), float(free["mg_fe_err"][star])
+        for width in (2.0, 0.5):  # prior sigma in units of the likelihood error
+            fitter = LabelFitter.from_emulator(
+                emulator, fit_rv=False, label_prior={"mg_*": [value + sigma, width * sigma]}
+            )
+            result = fitter.fit(flux[star : star + 1], ivar[star : star + 1], ["x"])
+            weight = 1 / width**2  # prior information / likelihood information
+            posterior = sigma / np.sqrt(1 + weight)
+            assert result["mg_fe_err"][0] == pytest.approx(posterior, rel=0.03)
+            moved = value + sigma * weight / (1 + weight)
+            assert result["mg_fe"][0] == pytest.approx(moved, abs=0.1 * posterior)
+            assert result["prior_mask"][0] == (1 << k if width < 1 else 0)
+
+
+def test_joint_fit_counts_the_label_prior_once_per_star(lineless_emulator):
+    from phdl.fit.joint import fit_exposures
+    from phdl.fit.model import SpectrumModel
+
+    truth = random_labels(lineless_emulator, 1, seed=34)
+    flux, ivar = observe(lineless_emulator, np.repeat(truth, 3, 0), snr=50.0,
+                         rv=np.array([-40.0, 0.0, 40.0]), seed=35)  # fmt: skip
+    model = SpectrumModel(lineless_emulator, label_prior={"eu_fe": [0.0, 0.3]})
+    result = fit_exposures(model, [torch.tensor(flux)], [torch.tensor(ivar)])
+    assert result["labels_err"][0, -1] == pytest.approx(0.3, rel=1e-3)  # not 0.3 / sqrt(3)
+    assert result["labels"][0, -1] == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("prior", "error", "match"),
+    [
+        ({"zz_fe": [0.0, 0.2]}, KeyError, "matches none of the fitted labels"),
+        ({"mg_fe": [0.0, 0.0]}, ValueError, "sigma must be > 0"),
+        ({"mg_fe": [0.0]}, ValueError, r"must be \(mean, sigma\)"),
+    ],
+)
+def test_bad_label_prior_is_refused_when_the_model_is_built(emulator, prior, error, match):
+    from phdl.fit.model import SpectrumModel
+
+    with pytest.raises(error, match=match):
+        SpectrumModel(emulator, label_prior=prior)

@@ -34,6 +34,7 @@ FLAG_BITS: dict[str, int] = {
     "NOT_CONVERGED": 2,  # Levenberg-Marquardt hit max_iter
     "AT_BOUNDARY": 4,  # a label or the RV ended on its bound (see bound_mask)
     "SINGULAR_FISHER": 8,  # a label is unconstrained: its error is unreliable
+    "PRIOR_DOMINATED": 16,  # a label owes more to its prior than to the spectrum (see prior_mask)
 }
 
 #: Distance to a bound [scaled units] below which a parameter counts as on it.
@@ -54,6 +55,10 @@ class LabelFitter(LightningModule):
         continuum_segments: break wavelengths [A] between separately fitted continuum pieces
             (e.g. [5800] for LAMOST's blue and red arms).
         label_margin: allowed extrapolation beyond the training grid [scaled units, grid = 1].
+        label_prior: Gaussian label prior {label or shell pattern: [mean, sigma]} in physical
+            units, e.g. {"*_fe": [0.0, 0.25]}: maximum a posteriori labels, posterior errors, and
+            `prior_mask` bit k set where label k's posterior error exceeds sigma / sqrt(2) (the
+            spectrum holds less information on it than the prior). None: maximum likelihood.
         fit_broadening: also fit a Gaussian broadening of the model (resolution mismatch,
             rotation), sigma in km/s up to `broadening_max` (catalogue column `broadening`).
         init_grid_size: points per axis of the Teff-log g-[Fe/H] start grid (size^3 templates).
@@ -80,6 +85,7 @@ class LabelFitter(LightningModule):
         continuum_order: int = 3,
         continuum_segments: list[float] | None = None,
         label_margin: float = 0.0,
+        label_prior: dict[str, list[float]] | None = None,
         fit_broadening: bool = False,
         broadening_max: float = 300.0,
         init_grid_size: int = 6,
@@ -145,6 +151,7 @@ class LabelFitter(LightningModule):
                 emulator, h.fit_labels, h.fit_rv, tuple(h.rv_bounds), h.continuum_order,
                 h.continuum_segments, h.label_margin, h.jacobian_rows, h.jacobian_method,
                 fit_broadening=h.fit_broadening, broadening_max=h.broadening_max,
+                label_prior=h.label_prior,
             )  # fmt: skip
         return self._model
 
@@ -174,6 +181,7 @@ class LabelFitter(LightningModule):
             "FITRV": bool(h.fit_rv),
             "GLOBAL": h.global_search,
             "NLABELS": len(self.label_names),
+            "PRIOR": self.spectrum_model.has_prior,
         }
         for name, bit in FLAG_BITS.items():
             cards[f"FLAG{bit}"] = name
@@ -251,12 +259,16 @@ class LabelFitter(LightningModule):
         scaled = model.full_labels(result.theta, base)
         physical = model.emulator.unscale(scaled.to(model.network_dtype)).to(torch.float64)
         physical = physical[:, model.fit_index].cpu().numpy()
+        n_labels = len(model.fit_labels)
+        sigma = covariance.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()[:, :n_labels]
+        weight = model.prior_weight[:n_labels]
+        prior_dominated = ((weight > 0) & (sigma * weight > 2**-0.5)).cpu().numpy()
+        prior_mask = (prior_dominated * (2 ** np.arange(n_labels))).sum(1).astype(np.int64)
         near_low = (result.theta - model.lower).abs() < BOUND_TOLERANCE
         near_high = (model.upper - result.theta).abs() < BOUND_TOLERANCE
         at_bound = (near_low | near_high).cpu().numpy()
         bound_mask = (at_bound * (2 ** np.arange(at_bound.shape[1]))).sum(1).astype(np.int64)
 
-        n_labels = len(model.fit_labels)
         for k, name in enumerate(model.fit_labels):
             columns[name][rows] = physical[:, k]
             columns[f"{name}_err"][rows] = label_errors[:, k]
@@ -265,17 +277,20 @@ class LabelFitter(LightningModule):
         if model.fit_broadening:
             columns["broadening"][rows] = model.broadening(result.theta).cpu().numpy()
             columns["broadening_err"][rows] = broadening_errors
-        chi2 = result.chi2.cpu().numpy()
+        # the catalogue's chi2 is the spectrum's alone; the optimiser's included the prior
+        chi2 = (result.chi2 - (model.prior_terms(result.theta)[0] ** 2).sum(-1)).cpu().numpy()
         dof = np.maximum(columns["n_pixels"][rows] - model.n_params - model.basis.shape[1], 1)
         columns["chi2"][rows] = chi2
         columns["chi2_red"][rows] = chi2 / dof
         columns["n_iter"][rows] = result.n_iter.cpu().numpy()
         columns["converged"][rows] = result.converged.cpu().numpy()
         columns["bound_mask"][rows] = bound_mask
+        columns["prior_mask"][rows] = prior_mask
         flag = np.zeros(rows.size, dtype=np.int32)
         flag |= np.where(result.converged.cpu().numpy(), 0, FLAG_BITS["NOT_CONVERGED"])
         flag |= np.where(at_bound.any(1), FLAG_BITS["AT_BOUNDARY"], 0)
         flag |= np.where(singular.cpu().numpy(), FLAG_BITS["SINGULAR_FISHER"], 0)
+        flag |= np.where(prior_dominated.any(1), FLAG_BITS["PRIOR_DOMINATED"], 0)
         columns["flag"][rows] = flag
         if h.return_model or h.mcmc_ids:
             final = model.evaluate(result.theta, base, flux, ivar)
@@ -334,6 +349,7 @@ class LabelFitter(LightningModule):
             n_iter=np.zeros(b, dtype=np.int16),
             flag=np.zeros(b, dtype=np.int32),
             bound_mask=np.zeros(b, dtype=np.int64),
+            prior_mask=np.zeros(b, dtype=np.int64),
             flag_reason=np.array([r or "" for r in reason], dtype=str),
         )
         if self.hparams.return_model:

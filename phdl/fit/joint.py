@@ -77,9 +77,14 @@ def fit_exposures(
         b = th.shape[0]
         exposures = (rows[:, None] * n_exp + torch.arange(n_exp, device=device)).reshape(-1)
         e = model.evaluate(expand(th), base[exposures], flat_flux[exposures],
-                           flat_ivar[exposures], jacobian=jacobian)  # fmt: skip
+                           flat_ivar[exposures], jacobian=jacobian, prior=False)  # fmt: skip
         chi2 = e.chi2.reshape(b, n_exp).sum(1)
         residual = e.residual.reshape(b, n_exp * p)
+        # the label prior once per star (not per exposure), on the shared labels
+        prior_residual, prior_jacobian = model.prior_terms(th[:, :k])
+        if model.has_prior:
+            chi2 = chi2 + (prior_residual**2).sum(-1)
+            residual = torch.cat([residual, prior_residual], dim=-1)
         if not jacobian:
             return chi2, residual, None
         j = e.jacobian.reshape(b, n_exp, p, k + 1)
@@ -87,7 +92,12 @@ def fit_exposures(
         full[..., :k] = j[..., :k]
         for exposure in range(n_exp):
             full[:, exposure, :, k + exposure] = j[:, exposure, :, k]
-        return chi2, residual, full.reshape(b, n_exp * p, k + n_exp)
+        full = full.reshape(b, n_exp * p, k + n_exp)
+        if model.has_prior:
+            prior_rows = torch.zeros(b, k, k + n_exp, dtype=j.dtype, device=device)
+            prior_rows[..., :k] = prior_jacobian
+            full = torch.cat([full, prior_rows], dim=1)
+        return chi2, residual, full
 
     result = levenberg_marquardt(evaluate, theta, lower, upper, max_iter)
     covariance, _ = fisher_covariance(result.jacobian)
@@ -98,12 +108,13 @@ def fit_exposures(
     physical = model.emulator.unscale(scaled.to(model.network_dtype)).double()[:, model.fit_index]
     rv = torch.where(present, result.theta[:, k:] * RV_SCALE, torch.nan)
     rv_err = torch.where(present, sigma[:, k:] * RV_SCALE, torch.nan)
+    prior_chi2 = (model.prior_terms(result.theta[:, :k])[0] ** 2).sum(-1)
     return {
         "labels": physical.cpu().numpy(),
         "labels_err": (sigma[:, :k] * span).cpu().numpy(),
         "rv": rv.cpu().numpy(),
         "rv_err": rv_err.cpu().numpy(),
-        "chi2": result.chi2.cpu().numpy(),
+        "chi2": (result.chi2 - prior_chi2).cpu().numpy(),  # the spectra's own, prior removed
         "n_iter": result.n_iter.cpu().numpy(),
         "converged": result.converged.cpu().numpy(),
     }

@@ -7,12 +7,18 @@ the training grid) followed, when the radial velocity is fitted, by v / RV_SCALE
 not fitted stay at their value in `base` (B, L). The continuum is solved exactly for every theta
 (phdl.fit.continuum) and projected out of the Jacobian (variable projection), so chi2, the
 optimiser's steps and the Fisher matrix all have the continuum marginalised.
+
+An optional Gaussian label prior (`label_prior`) adds (theta - mean) / sigma per label to the
+residual vector, so the same Levenberg-Marquardt finds the maximum a posteriori labels and the
+inverse Fisher matrix becomes the posterior covariance. A label the spectrum cannot constrain then
+stays at the prior mean with the prior's width as its error, instead of wandering to a bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import numpy as np
 import torch
@@ -27,13 +33,18 @@ RV_SCALE = 100.0
 
 @dataclass
 class Evaluation:
-    """chi2 (B,), weighted residuals (B, P) and, if asked, the projected Jacobian (B, P, N)."""
+    """chi2 (B,), weighted residuals (B, P) and, if asked, the projected Jacobian (B, P, N).
+
+    With a label prior, chi2 includes the prior's penalty `prior_chi2` (B,) and the residual and
+    Jacobian carry N extra rows (the prior's), after the P pixels.
+    """
 
     chi2: torch.Tensor
     residual: torch.Tensor
     jacobian: torch.Tensor | None = None
     model: torch.Tensor | None = None  # continuum x shifted normalised model (B, P)
     continuum: torch.Tensor | None = None  # (B, P)
+    prior_chi2: torch.Tensor | None = None  # (B,) the label prior's share of chi2
 
 
 class SpectrumModel:
@@ -54,6 +65,9 @@ class SpectrumModel:
             resolution mismatch or rotation), parametrised as (sigma / RV_SCALE)^2 >= 0 so its
             derivative does not vanish at zero.
         broadening_max: largest broadening sigma [km/s].
+        label_prior: Gaussian prior {label or pattern: (mean, sigma)} in the label's physical
+            units, e.g. {"*_fe": (0.0, 0.25)}; patterns are shell-style (fnmatch) over the fitted
+            labels, an exact name wins over a pattern. None: maximum likelihood.
     """
 
     def __init__(
@@ -70,6 +84,7 @@ class SpectrumModel:
         fd_step: float = 1e-3,
         fit_broadening: bool = False,
         broadening_max: float = 300.0,
+        label_prior: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         if jacobian_method not in ("forward", "finite_difference"):
             raise ValueError(
@@ -114,6 +129,54 @@ class SpectrumModel:
             upper.append((broadening_max / RV_SCALE) ** 2)
         self.lower = torch.tensor(lower, dtype=torch.float64, device=self.device)
         self.upper = torch.tensor(upper, dtype=torch.float64, device=self.device)
+        self.prior_mean, self.prior_weight = self._resolve_prior(label_prior)
+
+    def _resolve_prior(self, label_prior) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prior mean (N,) and 1/sigma (N,) in theta units; weight 0 where a label has no prior."""
+        n = self.n_params
+        mean = torch.zeros(n, dtype=torch.float64, device=self.device)
+        weight = torch.zeros(n, dtype=torch.float64, device=self.device)
+        if not label_prior:
+            return mean, weight
+        minimum = np.asarray(self.emulator.label_scaling.minimum, dtype=np.float64)
+        span = np.asarray(self.emulator.label_scaling.span(), dtype=np.float64)
+        for key, value in label_prior.items():
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            if len(values) != 2 or not all(np.isfinite(float(v)) for v in values):
+                raise ValueError(f"label_prior['{key}'] must be (mean, sigma), got {value!r}")
+            if float(values[1]) <= 0:
+                raise ValueError(f"label_prior['{key}']: sigma must be > 0, got {values[1]}")
+            if not any(fnmatchcase(name, key) for name in self.fit_labels):
+                raise KeyError(
+                    f"label_prior key '{key}' matches none of the fitted labels {list(self.fit_labels)}"
+                )
+        for k, name in enumerate(self.fit_labels):
+            patterns = [name] if name in label_prior else list(label_prior)
+            key = next((p for p in patterns if fnmatchcase(name, p)), None)
+            if key is None:
+                continue
+            centre, sigma = (float(v) for v in label_prior[key])
+            j = self.names.index(name)
+            mean[k] = (centre - minimum[j]) / span[j] - 0.5
+            weight[k] = span[j] / sigma
+        return mean, weight
+
+    @property
+    def has_prior(self) -> bool:
+        """True when at least one fitted label has a Gaussian prior."""
+        return bool((self.prior_weight > 0).any())
+
+    def prior_terms(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior's weighted residuals (B, N) and their Jacobian (B, N, N) at theta (B, N).
+
+        Same convention as the pixels (residual = "data" - model, Jacobian of the model), so
+        they can be appended to them: residual (mean - theta) / sigma, Jacobian diag(1 / sigma).
+        """
+        n = theta.shape[-1]  # the first n parameters (the labels alone will do)
+        weight = self.prior_weight[:n]
+        residual = (self.prior_mean[:n] - theta) * weight
+        jacobian = torch.diag_embed(weight.expand_as(theta))
+        return residual, jacobian
 
     # --- labels ------------------------------------------------------------------------------
     def default_scaled_labels(self) -> torch.Tensor:
@@ -225,8 +288,13 @@ class SpectrumModel:
         ivar: torch.Tensor,
         jacobian: bool = False,
         ridge: float = 1e-10,
+        prior: bool = True,
     ) -> Evaluation:
-        """chi2 with the continuum solved exactly; Jacobian with the continuum projected out."""
+        """chi2 with the continuum solved exactly; Jacobian with the continuum projected out.
+
+        `prior=False` leaves the label prior out (callers that add it once themselves, such as
+        the joint fit of several exposures of one star).
+        """
         normalised, d_normalised = self.normalised(theta, base, jacobian)
         weights = ivar * self.usable
         design = normalised[:, :, None] * self.basis[None]  # (B, P, M)
@@ -245,7 +313,15 @@ class SpectrumModel:
             weighted_design = sqrt_w[..., None] * design  # (B, P, M)
             overlap = weighted_design.transpose(1, 2) @ weighted  # (B, M, N)
             projected = weighted - weighted_design @ torch.linalg.solve(gram, overlap)
-        return Evaluation(chi2, residual, projected, model, continuum)
+        prior_chi2 = None
+        if prior and self.has_prior:
+            prior_residual, prior_jacobian = self.prior_terms(theta)
+            prior_chi2 = (prior_residual**2).sum(-1)
+            chi2 = chi2 + prior_chi2
+            residual = torch.cat([residual, prior_residual], dim=-1)
+            if projected is not None:
+                projected = torch.cat([projected, prior_jacobian], dim=1)
+        return Evaluation(chi2, residual, projected, model, continuum, prior_chi2)
 
     # --- initialisation ----------------------------------------------------------------------
     def template_grid(self, size: int = 6) -> torch.Tensor:
