@@ -1,7 +1,8 @@
 """Optional posterior sampling of chosen spectra with `emcee` (vectorised over walkers).
 
 The likelihood is exp(-chi2 / 2) with the continuum profiled (solved exactly for each sample);
-the prior is uniform inside the fitter's bounds. All walkers of a step are one emulator batch.
+the prior is uniform inside the fitter's bounds, times the Gaussian `label_prior` when the model
+has one (its penalty is part of the model's chi2). All walkers of a step are one emulator batch.
 """
 
 from __future__ import annotations
