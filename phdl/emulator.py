@@ -193,6 +193,13 @@ class EmulatorModule(LightningModule):
         )
         # Running normalised gradient error per label, for gradient_sampling='error'.
         self.register_buffer("gradient_error", torch.ones(n_gradients))
+        # The emulator's own rms error per pixel on the validation spectra of the latest
+        # validation (-1: not measured yet); saved with the weights, so the fitter can add it to
+        # each spectrum's noise (phdl.fit.model.SpectrumModel.model_ivar).
+        n_pixels = len(wavelength)
+        self.register_buffer("flux_error", torch.full((n_pixels,), -1.0))
+        self.register_buffer("_val_square_sum", torch.zeros(n_pixels), persistent=False)
+        self.register_buffer("_val_count", torch.zeros(()), persistent=False)
 
         self.loss = CombinedLoss({"flux": 1.0, "gradient": gradient_weight})
         self.metrics = nn.ModuleDict(
@@ -361,6 +368,10 @@ class EmulatorModule(LightningModule):
     def _evaluate(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
         labels, flux = batch["labels"], batch["flux"]
         predicted = self.network(labels)
+        if stage == "val":
+            residual = (predicted - flux).detach().float()
+            self._val_square_sum += residual.square().sum(0)
+            self._val_count += residual.shape[0]
         metrics = self.metrics[stage]
         metrics["flux_mae"](predicted, flux)
         metrics["flux_rmse"](predicted, flux)
@@ -402,8 +413,26 @@ class EmulatorModule(LightningModule):
                     f"{stage}/gradient_rel_error/{name}", metric, batch_size=int(present.sum())
                 )
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_square_sum.zero_()
+        self._val_count.zero_()
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        """flux_error = rms residual per pixel over all validation spectra (all ranks)."""
+        if self.trainer.sanity_checking:
+            return
+        square_sum = self.trainer.strategy.reduce(self._val_square_sum.clone(), reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count.clone(), reduce_op="sum")
+        if float(count) > 0:
+            self.flux_error.copy_((square_sum / count).sqrt())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before flux_error existed load with it unmeasured (-1)."""
+        state = checkpoint.get("state_dict", {})
+        state.setdefault("flux_error", torch.full_like(self.flux_error, -1.0))
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")
@@ -510,12 +539,16 @@ def load_emulator(
         if key.startswith(prefix)
     }
     network.load_state_dict(state)
+    flux_error = checkpoint["state_dict"].get("flux_error")
+    if flux_error is not None and bool((flux_error < 0).any()):
+        flux_error = None  # trained without a validation pass: not measured
     emulator = SpectrumEmulator(
         network,
         LabelScaling.from_dict(hparams["label_scaling"]),
         np.asarray(hparams["wavelength"], dtype=np.float64),
         medium=hparams.get("medium", "vacuum"),
         resolution=hparams.get("resolution", float("nan")),
+        flux_error=None if flux_error is None else flux_error.double().cpu().numpy(),
     )
     if isinstance(map_location, (str, torch.device)):
         emulator = emulator.to(map_location)

@@ -367,3 +367,32 @@ def test_gradient_term_on_a_subset_of_the_batch(toy_grid, monkeypatch):
     assert logged["train/loss_gradient"] > 0
     with pytest.raises(ValueError, match="gradient_spectra must be >= 1"):
         _module(datamodule, gradient_spectra=0)
+
+
+def test_checkpoint_carries_the_validation_rms_per_pixel(toy_grid, tmp_path):
+    """flux_error = rms over all validation spectra per pixel, measured at the last validation."""
+    datamodule = GridDataModule(str(toy_grid), batch_size=8, val_fraction=0.2)
+    module = _module(datamodule, warmup_steps=1)
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, num_sanity_val_steps=1,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    path = tmp_path / "emulator.ckpt"
+    trainer.save_checkpoint(path)
+    emulator = load_emulator(path)
+    labels = torch.tensor(datamodule.info.labels[datamodule.val_indices])
+    with h5py.File(toy_grid, "r") as grid:
+        flux = torch.tensor(grid["flux"][:][datamodule.val_indices])
+    with torch.no_grad():
+        predicted = emulator.flux(labels.float())
+    expected = (predicted - flux.float()).square().mean(0).sqrt().numpy()
+    assert emulator.flux_error.shape == (emulator.n_pixels,)
+    np.testing.assert_allclose(emulator.flux_error, expected, rtol=1e-4, atol=1e-7)
+    # a checkpoint saved before any validation has it unmeasured: the fitter then ignores it
+    untrained = tmp_path / "untrained.ckpt"
+    state = torch.load(path, weights_only=True)
+    state["state_dict"]["flux_error"] = torch.full_like(state["state_dict"]["flux_error"], -1.0)
+    torch.save(state, untrained)
+    assert load_emulator(untrained).flux_error is None

@@ -294,3 +294,27 @@ def test_bad_label_prior_is_refused_when_the_model_is_built(emulator, prior, err
 
     with pytest.raises(error, match=match):
         SpectrumModel(emulator, label_prior=prior)
+
+
+def test_emulator_error_is_added_to_the_noise():
+    """An emulator error as large as the noise doubles each pixel's variance: Fisher errors grow
+    by sqrt(2) and chi2_red halves; emulator_error=False (or no stored error) changes nothing."""
+    emulator = toy_emulator()
+    labels = random_labels(emulator, 8, seed=40)
+    snr = 80.0
+    flux, ivar = observe(emulator, labels, snr=snr, rv=np.zeros(8), seed=41)
+    flux, ivar, ids = torch.tensor(flux), torch.tensor(ivar), [str(i) for i in range(8)]
+    plain = LabelFitter.from_emulator(emulator).fit(flux, ivar, ids)
+    # observe(): noise sigma = median(flux) / snr with a continuum of ~100 times a normalised
+    # flux near 1, so an error of 1 / snr in normalised flux is about the noise
+    emulator.flux_error = np.full(emulator.n_pixels, 1.0 / snr)
+    fitter = LabelFitter.from_emulator(emulator)
+    assert fitter.header()["EMUERR"] is True
+    inflated = fitter.fit(flux, ivar, ids)
+    for name in ("teff", "fe_h", "mg_fe"):
+        ratio = np.median(inflated[f"{name}_err"] / plain[f"{name}_err"])
+        assert 1.25 < ratio < 1.55, (name, ratio)
+    assert 0.35 < np.median(inflated["chi2_red"]) < 0.65
+    assert np.median(plain["chi2_red"]) == pytest.approx(1.0, abs=0.1)
+    ignored = LabelFitter.from_emulator(emulator, emulator_error=False).fit(flux, ivar, ids)
+    np.testing.assert_allclose(ignored["teff_err"], plain["teff_err"], rtol=1e-6)

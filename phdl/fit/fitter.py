@@ -59,6 +59,10 @@ class LabelFitter(LightningModule):
             units, e.g. {"*_fe": [0.0, 0.25]}: maximum a posteriori labels, posterior errors, and
             `prior_mask` bit k set where label k's posterior error exceeds sigma / sqrt(2) (the
             spectrum holds less information on it than the prior). None: maximum likelihood.
+        emulator_error: add the emulator's own per-pixel error (stored in checkpoints trained
+            by this version: rms residual of the validation spectra) to each spectrum's noise,
+            so pixels the emulator gets wrong weigh less and errors include it. No effect for
+            checkpoints without it.
         fit_broadening: also fit a Gaussian broadening of the model (resolution mismatch,
             rotation), sigma in km/s up to `broadening_max` (catalogue column `broadening`).
         init_grid_size: points per axis of the Teff-log g-[Fe/H] start grid (size^3 templates).
@@ -86,6 +90,7 @@ class LabelFitter(LightningModule):
         continuum_segments: list[float] | None = None,
         label_margin: float = 0.0,
         label_prior: dict[str, list[float]] | None = None,
+        emulator_error: bool = True,
         fit_broadening: bool = False,
         broadening_max: float = 300.0,
         init_grid_size: int = 6,
@@ -152,6 +157,7 @@ class LabelFitter(LightningModule):
                 h.continuum_segments, h.label_margin, h.jacobian_rows, h.jacobian_method,
                 fit_broadening=h.fit_broadening, broadening_max=h.broadening_max,
                 label_prior=h.label_prior,
+                flux_error=emulator.flux_error if h.emulator_error else None,
             )  # fmt: skip
         return self._model
 
@@ -182,6 +188,7 @@ class LabelFitter(LightningModule):
             "GLOBAL": h.global_search,
             "NLABELS": len(self.label_names),
             "PRIOR": self.spectrum_model.has_prior,
+            "EMUERR": self.spectrum_model.flux_error is not None,
         }
         for name, bit in FLAG_BITS.items():
             cards[f"FLAG{bit}"] = name
@@ -236,6 +243,7 @@ class LabelFitter(LightningModule):
         model = self.spectrum_model
         h = self.hparams
         theta, base = model.initial_guess(flux, ivar, h.init_grid_size, h.rv_step)
+        ivar = model.model_ivar(theta, base, flux, ivar)
 
         def evaluate(th: torch.Tensor, sel: torch.Tensor, jacobian: bool):
             e = model.evaluate(th, base[sel], flux[sel], ivar[sel], jacobian=jacobian)

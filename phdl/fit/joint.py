@@ -54,6 +54,8 @@ def fit_exposures(
     real = present.reshape(-1).nonzero().squeeze(1)
     theta_single, base_single = model.initial_guess(flat_flux[real], flat_ivar[real], grid_size,
                                                     rv_step)  # fmt: skip
+    # the emulator's own error joins each exposure's noise (no-op without a stored flux_error)
+    flat_ivar[real] = model.model_ivar(theta_single, base_single, flat_flux[real], flat_ivar[real])
     start_chi2 = model.evaluate(theta_single, base_single, flat_flux[real], flat_ivar[real]).chi2
     n_pix = (flat_ivar[real] > 0).sum(-1).clamp_min(1)
     score = torch.full((n_stars * n_exp,), float("inf"), dtype=torch.float64, device=device)

@@ -68,6 +68,9 @@ class SpectrumModel:
         label_prior: Gaussian prior {label or pattern: (mean, sigma)} in the label's physical
             units, e.g. {"*_fe": (0.0, 0.25)}; patterns are shell-style (fnmatch) over the fitted
             labels, an exact name wins over a pattern. None: maximum likelihood.
+        flux_error: the emulator's own error per pixel (P,) [normalised flux], e.g. its rms
+            residual on held-out grid spectra; `model_ivar` adds it to the noise. None: the
+            emulator is taken as exact.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class SpectrumModel:
         fit_broadening: bool = False,
         broadening_max: float = 300.0,
         label_prior: Mapping[str, Sequence[float]] | None = None,
+        flux_error: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         if jacobian_method not in ("forward", "finite_difference"):
             raise ValueError(
@@ -130,6 +134,15 @@ class SpectrumModel:
         self.lower = torch.tensor(lower, dtype=torch.float64, device=self.device)
         self.upper = torch.tensor(upper, dtype=torch.float64, device=self.device)
         self.prior_mean, self.prior_weight = self._resolve_prior(label_prior)
+        self.flux_error = None
+        if flux_error is not None:
+            error = torch.as_tensor(flux_error, dtype=torch.float64, device=self.device)
+            if error.shape != (wavelength.shape[0],) or not bool(torch.isfinite(error).all()):
+                raise ValueError(
+                    f"flux_error must be {wavelength.shape[0]} finite values (one per emulator "
+                    f"pixel), got shape {tuple(error.shape)}"
+                )
+            self.flux_error = error.clamp_min(0.0)
 
     def _resolve_prior(self, label_prior) -> tuple[torch.Tensor, torch.Tensor]:
         """Prior mean (N,) and 1/sigma (N,) in theta units; weight 0 where a label has no prior."""
@@ -322,6 +335,23 @@ class SpectrumModel:
             if projected is not None:
                 projected = torch.cat([projected, prior_jacobian], dim=1)
         return Evaluation(chi2, residual, projected, model, continuum, prior_chi2)
+
+    def model_ivar(
+        self, theta: torch.Tensor, base: torch.Tensor, flux: torch.Tensor, ivar: torch.Tensor
+    ) -> torch.Tensor:
+        """ivar (B, P) with the emulator's own error added to the noise: 1 / (1/ivar + (c e)^2).
+
+        e is `flux_error` moved to the spectrum's velocity, c its continuum at theta (solved
+        as in `evaluate`), so the term is in the data's units. Evaluated once (at the start of
+        the fit) and then held fixed, so chi2 stays a least-squares problem. Pixels with ivar = 0
+        stay 0; without `flux_error` ivar is returned unchanged.
+        """
+        if self.flux_error is None:
+            return ivar
+        start = self.evaluate(theta, base, flux, ivar, prior=False)
+        variance = self.doppler(self.flux_error.square().expand_as(flux), self.velocity(theta))
+        extra = start.continuum.square() * variance.clamp_min(0.0)
+        return torch.where(ivar > 0, ivar / (1.0 + ivar * extra), torch.zeros_like(ivar))
 
     # --- initialisation ----------------------------------------------------------------------
     def template_grid(self, size: int = 6) -> torch.Tensor:

@@ -17,7 +17,8 @@ from phdl.labels import LabelScaling
 class SpectrumEmulator(nn.Module):
     """A frozen label -> spectrum model with its label scaling and wavelength grid.
 
-    `network` maps scaled labels (B, L) in [-0.5, 0.5] to fluxes (B, P).
+    `network` maps scaled labels (B, L) in [-0.5, 0.5] to fluxes (B, P). `flux_error` (P,), when
+    known, is the emulator's own rms error per pixel on held-out spectra [normalised flux].
     """
 
     def __init__(
@@ -27,6 +28,7 @@ class SpectrumEmulator(nn.Module):
         wavelength: np.ndarray,
         medium: str = "vacuum",
         resolution: float = float("nan"),
+        flux_error: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.network = network
@@ -36,6 +38,7 @@ class SpectrumEmulator(nn.Module):
         self.resolution = float(resolution)
         self.register_buffer("_label_min", torch.tensor(label_scaling.minimum, dtype=torch.float32))
         self.register_buffer("_label_max", torch.tensor(label_scaling.maximum, dtype=torch.float32))
+        self.flux_error = None if flux_error is None else np.asarray(flux_error, dtype=np.float64)
 
     @property
     def label_names(self) -> tuple[str, ...]:
