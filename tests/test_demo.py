@@ -38,7 +38,12 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, quiet_wandb, capsys):
         assert recovery["n_spectra"] == 6
         assert set(recovery["labels"]) == set(DEFAULT_LABELS)
         assert all(np.isfinite(v["dispersion"]) for v in recovery["labels"].values())
+        # the fitter ran with the demo's label prior: every label says how often it was held
+        assert all(0 <= v["prior_dominated"] <= 1 for v in recovery["labels"].values())
+    for stats in summary["recovery"]["prior"]["labels"].values():
+        assert np.isfinite(stats["minus_plain"]) and stats["minus_plain_sigma"] >= 0
         assert summary["reports"][emulator]["flux_mae"] < 0.2
+    assert "paired bootstrap" in index and "prior-held" in index
     # a second run finds every step done and only recomputes the summary
     again = main(["demo", "--quick", "--output", str(out), "--workers", "2"])
     assert again["recovery"] == summary["recovery"]
