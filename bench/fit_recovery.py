@@ -134,7 +134,8 @@ def recovery(args, emulator, labels, flux, gradients) -> dict:
     """Bias, dispersion, CRB and fitted errors per label and S/N."""
     names = list(emulator.label_names)
     fitter = LabelFitter.from_emulator(emulator, max_iter=args.max_iter,
-                                       jacobian_method=args.jacobian)  # fmt: skip
+                                       jacobian_method=args.jacobian,
+                                       label_prior=args.label_prior)  # fmt: skip
     model = fitter.spectrum_model
     results, figure_data = {}, {}
     for snr in args.snr:
@@ -267,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--cmaes-iterations", type=int, default=30)
     parser.add_argument("--skip-recovery", action="store_true", help="throughput only")
     parser.add_argument("--skip-throughput", action="store_true", help="recovery only")
+    parser.add_argument("--label-prior", type=json.loads, default=None,
+                        help='Gaussian label prior as JSON, e.g. \'{"*_fe": [0.0, 0.25]}\' '
+                        "(default: maximum likelihood)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench/fit_recovery")
     args = parser.parse_args(argv)
@@ -284,7 +288,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{len(emulator.label_names)} labels")  # fmt: skip
     report = {"checkpoint": args.checkpoint, "truth": source, "n_spectra": int(flux.shape[0]),
               "threads": args.threads, "batch_size": args.batch_size,
-              "load_average": os.getloadavg(), "jacobian": args.jacobian}  # fmt: skip
+              "load_average": os.getloadavg(), "jacobian": args.jacobian,
+              "label_prior": args.label_prior,
+              "emulator_error": emulator.flux_error is not None}  # fmt: skip
     if not args.skip_throughput:
         report["throughput"] = throughput(args, emulator, flux)
     if not args.skip_recovery:
