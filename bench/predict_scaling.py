@@ -50,7 +50,9 @@ def make_observed(emulator, path: Path, n: int, snr: float, seed: int) -> None:
     )
 
 
-def run(checkpoint: str, observed: Path, output: Path, devices: int, batch: int) -> float:
+def run(
+    checkpoint: str, observed: Path, output: Path, devices: int, batch: int, prior: str | None
+) -> float:
     args = [sys.executable, "-m", "phdl", "predict",
             "--config", str(ROOT / "configs/predict_demo.yaml"),
             "--model.init_args.checkpoint", checkpoint,
@@ -62,6 +64,8 @@ def run(checkpoint: str, observed: Path, output: Path, devices: int, batch: int)
             "--trainer.enable_progress_bar", "false",
             "--trainer.accelerator", "cpu",
             "--trainer.devices", str(devices)]  # fmt: skip
+    if prior:
+        args += ["--model.init_args.label_prior", prior]
     if devices > 1:
         args += ["--trainer.strategy", "ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline"}
@@ -83,6 +87,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--snr", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--label-prior", help="JSON, e.g. '{\"*_fe\": [0.0, 0.25]}' (default: none)"
+    )
     args = parser.parse_args(argv)
     emulator = load_emulator(args.checkpoint)
     result = {}
@@ -94,7 +101,8 @@ def main(argv=None) -> dict:
         for devices in args.devices:
             output = tmp / f"devices{devices}" / "catalogue.fits"
             output.parent.mkdir()
-            wall = run(args.checkpoint, observed, output, devices, args.batch_size)
+            wall = run(args.checkpoint, observed, output, devices, args.batch_size,
+                       args.label_prior)  # fmt: skip
             tables[devices] = read_table(str(output))
             load = os.getloadavg()[0]
             result[devices] = {"wall_seconds": wall, "spectra_per_second": args.n_spectra / wall}
