@@ -135,13 +135,25 @@ def _overlay(path: Path, settings: dict) -> str:
 
 
 def train(out: Path, grid: Path, name: str, weight: float, size: DemoSize) -> Path:
-    """`phdl fit` with configs/fit_demo.yaml for `size.train_steps`; returns last.ckpt."""
+    """`phdl fit` with configs/fit_demo.yaml for `size.train_steps`; returns last.ckpt.
+
+    ModelCheckpoint (monitor + save_last) writes last.ckpt whenever validation improves, so it
+    holds the best weights, and it exists long before training ends. A run is complete only
+    with its `done.json`; a run interrupted before that is trained again from step 0 (resuming
+    from the best epoch would give other numbers than an uninterrupted run).
+    """
+    import shutil
+
     from phdl.cli import main
 
     run = (out / "emulators" / name).resolve()
     checkpoint = run / "checkpoints" / "last.ckpt"
-    if checkpoint.exists():
+    done = run / "done.json"
+    if done.exists() and checkpoint.exists():
         return checkpoint
+    if run.exists():
+        print(f"  the {name} emulator's training was interrupted: training it again from step 0")
+        shutil.rmtree(run)
     overlay = {
         "trainer": {
             "max_epochs": -1,
@@ -190,6 +202,9 @@ def train(out: Path, grid: Path, name: str, weight: float, size: DemoSize) -> Pa
     import wandb
 
     wandb.finish()
+    if not checkpoint.exists():
+        raise RuntimeError(f"{run}: phdl fit ended without writing {checkpoint}")
+    done.write_text(json.dumps({"train_steps": size.train_steps, "checkpoint": str(checkpoint)}))
     return checkpoint
 
 

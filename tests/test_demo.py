@@ -47,3 +47,33 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, quiet_wandb, capsys):
     # a second run finds every step done and only recomputes the summary
     again = main(["demo", "--quick", "--output", str(out), "--workers", "2"])
     assert again["recovery"] == summary["recovery"]
+
+
+def test_interrupted_training_is_redone_not_taken_as_finished(tmp_path, monkeypatch):
+    """last.ckpt exists from the first improvement on; only done.json marks a finished run."""
+    import phdl.cli
+    import phdl.demo as demo
+
+    calls = []
+
+    def fake_fit(argv):
+        calls.append(argv)
+        checkpoint = tmp_path / "emulators" / "prior" / "checkpoints" / "last.ckpt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b"weights")
+
+    monkeypatch.setattr(phdl.cli, "main", fake_fit)
+    stale = tmp_path / "emulators" / "prior" / "checkpoints" / "last.ckpt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"best epoch of an interrupted run")
+    (stale.parent / "emulator-epoch=009.ckpt").write_bytes(b"")
+    checkpoint = demo.train(tmp_path, tmp_path / "grid.h5", "prior", 0.5, demo.QUICK)
+    assert len(calls) == 1 and calls[0][0] == "fit"
+    assert checkpoint.read_bytes() == b"weights"
+    assert not (stale.parent / "emulator-epoch=009.ckpt").exists()  # the old run was cleared
+    assert (
+        json.loads((tmp_path / "emulators" / "prior" / "done.json").read_text())["train_steps"]
+        == demo.QUICK.train_steps
+    )
+    demo.train(tmp_path, tmp_path / "grid.h5", "prior", 0.5, demo.QUICK)
+    assert len(calls) == 1  # finished: not trained again
