@@ -286,7 +286,7 @@ class LabelFitter(LightningModule):
             columns["broadening"][rows] = model.broadening(result.theta).cpu().numpy()
             columns["broadening_err"][rows] = broadening_errors
         # the catalogue's chi2 is the spectrum's alone; the optimiser's included the prior
-        chi2 = (result.chi2 - (model.prior_terms(result.theta)[0] ** 2).sum(-1)).cpu().numpy()
+        chi2 = (result.chi2 - model.prior_chi2(result.theta)).cpu().numpy()
         dof = np.maximum(columns["n_pixels"][rows] - model.n_params - model.basis.shape[1], 1)
         columns["chi2"][rows] = chi2
         columns["chi2_red"][rows] = chi2 / dof

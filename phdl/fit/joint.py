@@ -95,7 +95,7 @@ def fit_exposures(
         # the label prior once per star (not per exposure), on the shared labels
         prior_residual, prior_jacobian = model.prior_terms(th[:, :k])
         if model.has_prior:
-            chi2 = chi2 + (prior_residual**2).sum(-1)
+            chi2 = chi2 + prior_residual.square().sum(-1)
             residual = torch.cat([residual, prior_residual], dim=-1)
         if not jacobian:
             return chi2, residual, None
@@ -120,7 +120,7 @@ def fit_exposures(
     physical = model.emulator.unscale(scaled.to(model.network_dtype)).double()[:, model.fit_index]
     rv = torch.where(present, result.theta[:, k:] * RV_SCALE, torch.nan)
     rv_err = torch.where(present, sigma[:, k:] * RV_SCALE, torch.nan)
-    prior_chi2 = (model.prior_terms(result.theta[:, :k])[0] ** 2).sum(-1)
+    prior_chi2 = model.prior_chi2(result.theta[:, :k])
     return {
         "labels": physical.cpu().numpy(),
         "labels_err": (sigma[:, :k] * span).cpu().numpy(),

@@ -35,8 +35,8 @@ RV_SCALE = 100.0
 class Evaluation:
     """chi2 (B,), weighted residuals (B, P) and, if asked, the projected Jacobian (B, P, N).
 
-    With a label prior, chi2 includes the prior's penalty `prior_chi2` (B,) and the residual and
-    Jacobian carry N extra rows (the prior's), after the P pixels.
+    With a label prior, chi2 includes the prior's penalty (`SpectrumModel.prior_chi2`) and the
+    residual and Jacobian carry N extra rows (the prior's), after the P pixels.
     """
 
     chi2: torch.Tensor
@@ -44,7 +44,6 @@ class Evaluation:
     jacobian: torch.Tensor | None = None
     model: torch.Tensor | None = None  # continuum x shifted normalised model (B, P)
     continuum: torch.Tensor | None = None  # (B, P)
-    prior_chi2: torch.Tensor | None = None  # (B,) the label prior's share of chi2
 
 
 class SpectrumModel:
@@ -191,6 +190,10 @@ class SpectrumModel:
         jacobian = torch.diag_embed(weight.expand_as(theta))
         return residual, jacobian
 
+    def prior_chi2(self, theta: torch.Tensor) -> torch.Tensor:
+        """The label prior's share (B,) of chi2 at theta (0 without a prior)."""
+        return self.prior_terms(theta)[0].square().sum(-1)
+
     # --- labels ------------------------------------------------------------------------------
     def default_scaled_labels(self) -> torch.Tensor:
         """(L,) scaled start/fixed values: [X/Fe] = 0 and vmic etc. mid-grid, inside the grid."""
@@ -326,15 +329,13 @@ class SpectrumModel:
             weighted_design = sqrt_w[..., None] * design  # (B, P, M)
             overlap = weighted_design.transpose(1, 2) @ weighted  # (B, M, N)
             projected = weighted - weighted_design @ torch.linalg.solve(gram, overlap)
-        prior_chi2 = None
         if prior and self.has_prior:
             prior_residual, prior_jacobian = self.prior_terms(theta)
-            prior_chi2 = (prior_residual**2).sum(-1)
-            chi2 = chi2 + prior_chi2
+            chi2 = chi2 + prior_residual.square().sum(-1)
             residual = torch.cat([residual, prior_residual], dim=-1)
             if projected is not None:
                 projected = torch.cat([projected, prior_jacobian], dim=1)
-        return Evaluation(chi2, residual, projected, model, continuum, prior_chi2)
+        return Evaluation(chi2, residual, projected, model, continuum)
 
     def model_ivar(
         self, theta: torch.Tensor, base: torch.Tensor, flux: torch.Tensor, ivar: torch.Tensor
