@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 
-from phdl.fit.lm import levenberg_marquardt
 from phdl.fit.model import RV_SCALE, SpectrumModel, fisher_covariance, physical_errors
 from phdl.labels import label_unit
 from phdl.models.base import SpectrumEmulator
@@ -244,11 +243,6 @@ class LabelFitter(LightningModule):
         h = self.hparams
         theta, base = model.initial_guess(flux, ivar, h.init_grid_size, h.rv_step)
         ivar = model.model_ivar(theta, base, flux, ivar)
-
-        def evaluate(th: torch.Tensor, sel: torch.Tensor, jacobian: bool):
-            e = model.evaluate(th, base[sel], flux[sel], ivar[sel], jacobian=jacobian)
-            return e.chi2, e.residual, e.jacobian
-
         if h.global_search == "cmaes":
             from phdl.fit.cmaes import cmaes_search
 
@@ -259,7 +253,7 @@ class LabelFitter(LightningModule):
                 chi2, theta, model.lower, model.upper, h.cmaes_sigma, h.cmaes_popsize,
                 h.cmaes_iterations, h.seed,
             )  # fmt: skip
-        result = levenberg_marquardt(evaluate, theta, model.lower, model.upper, h.max_iter)
+        result = model.optimise(theta, base, flux, ivar, h.max_iter)
         covariance, singular = fisher_covariance(result.jacobian)
         label_errors, rv_errors, broadening_errors = physical_errors(
             covariance, model, result.theta

@@ -58,14 +58,7 @@ def fit_exposures(
                                                     rv_step)  # fmt: skip
     # the emulator's own error joins each exposure's noise (no-op without a stored flux_error)
     flat_ivar[real] = model.model_ivar(theta_single, base_single, flat_flux[real], flat_ivar[real])
-    single_flux, single_ivar = flat_flux[real], flat_ivar[real]
-
-    def evaluate_single(th: torch.Tensor, rows: torch.Tensor, jacobian: bool):
-        e = model.evaluate(th, base_single[rows], single_flux[rows], single_ivar[rows],
-                           jacobian=jacobian)  # fmt: skip
-        return e.chi2, e.residual, e.jacobian
-
-    single = levenberg_marquardt(evaluate_single, theta_single, model.lower, model.upper, max_iter)
+    single = model.optimise(theta_single, base_single, flat_flux[real], flat_ivar[real], max_iter)
     theta_single, start_chi2 = single.theta, single.chi2
     n_pix = (flat_ivar[real] > 0).sum(-1).clamp_min(1)
     score = torch.full((n_stars * n_exp,), float("inf"), dtype=torch.float64, device=device)

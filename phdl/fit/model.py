@@ -25,6 +25,7 @@ import torch
 
 from phdl.fit.continuum import _normal_equations, chebyshev_basis, template_chi2
 from phdl.fit.doppler import DopplerShift
+from phdl.fit.lm import LMResult, levenberg_marquardt
 from phdl.models.base import SpectrumEmulator
 
 #: theta's RV entry is v / RV_SCALE [km/s], so all parameters are O(0.1-1).
@@ -353,6 +354,22 @@ class SpectrumModel:
         variance = self.doppler(self.flux_error.square().expand_as(flux), self.velocity(theta))
         extra = start.continuum.square() * variance.clamp_min(0.0)
         return torch.where(ivar > 0, ivar / (1.0 + ivar * extra), torch.zeros_like(ivar))
+
+    def optimise(
+        self,
+        theta: torch.Tensor,
+        base: torch.Tensor,
+        flux: torch.Tensor,
+        ivar: torch.Tensor,
+        max_iter: int = 50,
+    ) -> LMResult:
+        """Batched Levenberg-Marquardt of every spectrum (B, P) from theta (B, N) in the bounds."""
+
+        def evaluate(th: torch.Tensor, rows: torch.Tensor, jacobian: bool):
+            e = self.evaluate(th, base[rows], flux[rows], ivar[rows], jacobian=jacobian)
+            return e.chi2, e.residual, e.jacobian
+
+        return levenberg_marquardt(evaluate, theta, self.lower, self.upper, max_iter)
 
     # --- initialisation ----------------------------------------------------------------------
     def template_grid(self, size: int = 6) -> torch.Tensor:
