@@ -40,6 +40,11 @@ FLAG_BITS: dict[str, int] = {
 BOUND_TOLERANCE = 1e-3
 
 
+def _bitmask(flags: np.ndarray) -> np.ndarray:
+    """(B, N) booleans -> (B,) int64 with bit k set where column k is True (bound_mask etc.)."""
+    return (flags * (2 ** np.arange(flags.shape[1]))).sum(1).astype(np.int64)
+
+
 class LabelFitter(LightningModule):
     """Fits labels, RV and continuum of observed spectra with a frozen emulator.
 
@@ -265,11 +270,9 @@ class LabelFitter(LightningModule):
         sigma = covariance.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()[:, :n_labels]
         weight = model.prior_weight[:n_labels]
         prior_dominated = ((weight > 0) & (sigma * weight > 2**-0.5)).cpu().numpy()
-        prior_mask = (prior_dominated * (2 ** np.arange(n_labels))).sum(1).astype(np.int64)
         near_low = (result.theta - model.lower).abs() < BOUND_TOLERANCE
         near_high = (model.upper - result.theta).abs() < BOUND_TOLERANCE
         at_bound = (near_low | near_high).cpu().numpy()
-        bound_mask = (at_bound * (2 ** np.arange(at_bound.shape[1]))).sum(1).astype(np.int64)
 
         for k, name in enumerate(model.fit_labels):
             columns[name][rows] = physical[:, k]
@@ -286,8 +289,8 @@ class LabelFitter(LightningModule):
         columns["chi2_red"][rows] = chi2 / dof
         columns["n_iter"][rows] = result.n_iter.cpu().numpy()
         columns["converged"][rows] = result.converged.cpu().numpy()
-        columns["bound_mask"][rows] = bound_mask
-        columns["prior_mask"][rows] = prior_mask
+        columns["bound_mask"][rows] = _bitmask(at_bound)
+        columns["prior_mask"][rows] = _bitmask(prior_dominated)
         flag = np.zeros(rows.size, dtype=np.int32)
         flag |= np.where(result.converged.cpu().numpy(), 0, FLAG_BITS["NOT_CONVERGED"])
         flag |= np.where(at_bound.any(1), FLAG_BITS["AT_BOUNDARY"], 0)
