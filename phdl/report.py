@@ -25,13 +25,12 @@ def emulator_gradient_spectra(
     emulator: SpectrumEmulator, physical_labels: torch.Tensor, label_indices: Sequence[int]
 ) -> torch.Tensor:
     """d flux / d label in physical units, (B, K, P), by forward-mode AD along each label."""
-    outputs = []
-    for j in label_indices:
-        direction = torch.zeros_like(physical_labels)
-        direction[:, j] = 1.0
-        _, tangent = torch.func.jvp(emulator.flux, (physical_labels,), (direction,))
-        outputs.append(tangent)
-    return torch.stack(outputs, dim=1)
+    scaled = emulator.scale(physical_labels)
+    index = torch.as_tensor(list(label_indices), dtype=torch.long, device=scaled.device)
+    tangents = scaled.new_zeros(scaled.shape[0], len(index), scaled.shape[1])
+    tangents[:, torch.arange(len(index), device=scaled.device), index] = 1.0
+    _, derivative = emulator.jvp(scaled, tangents)  # per scaled unit
+    return derivative / emulator.label_span[index][None, :, None]
 
 
 @dataclass

@@ -220,7 +220,7 @@ def test_lambda_zero_never_differentiates(toy_grid, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("jvp called although gradient_weight = 0")
 
-    monkeypatch.setattr(phdl.emulator, "jvp", forbidden)
+    monkeypatch.setattr(phdl.emulator, "network_jvp", forbidden)
     batch = _first_batch(datamodule)
     loss = module.training_step(batch, 0)
     expected = (module.network(batch["labels"]) - batch["flux"]).square().mean()
@@ -351,17 +351,17 @@ def test_gradient_term_on_a_subset_of_the_batch(toy_grid, monkeypatch):
     logged = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
     seen = []
-    real_jvp = phdl.emulator.jvp
+    real_jvp = phdl.emulator.network_jvp
 
-    def spy(function, primals, tangents):
-        seen.append(primals[0].shape[0])
-        return real_jvp(function, primals, tangents)
+    def spy(network, labels, tangents):
+        seen.append(tuple(tangents.shape[:2]))
+        return real_jvp(network, labels, tangents)
 
-    monkeypatch.setattr(phdl.emulator, "jvp", spy)
+    monkeypatch.setattr(phdl.emulator, "network_jvp", spy)
     _at_step(monkeypatch, 5)
     batch = _first_batch(datamodule)
     module.training_step(batch, 0)
-    assert seen == [3 * 2]  # 3 spectra x 2 directions
+    assert seen == [(3, 2)]  # 3 spectra x 2 directions
     expected_flux = (module.network(batch["labels"]) - batch["flux"]).square().mean()
     torch.testing.assert_close(logged["train/loss_flux"], expected_flux)
     assert logged["train/loss_gradient"] > 0

@@ -14,6 +14,22 @@ from torch import nn
 from phdl.labels import LabelScaling
 
 
+def network_jvp(
+    network: nn.Module, labels: torch.Tensor, tangents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flux (B, P) and its forward-mode derivatives (B, K, P) along tangents (B, K, L).
+
+    phdl's networks write their forward mode out (`network.jvp`: the value once, K tangents in
+    one pass); any other network gets `torch.func.jvp`, one tangent at a time.
+    """
+    if hasattr(network, "jvp"):
+        return network.jvp(labels, tangents)
+    parts = [
+        torch.func.jvp(network, (labels,), (tangents[:, k],)) for k in range(tangents.shape[1])
+    ]
+    return parts[0][0], torch.stack([derivative for _, derivative in parts], dim=1)
+
+
 class SpectrumEmulator(nn.Module):
     """A frozen label -> spectrum model with its label scaling and wavelength grid.
 
@@ -51,6 +67,17 @@ class SpectrumEmulator(nn.Module):
     def forward(self, scaled_labels: torch.Tensor) -> torch.Tensor:
         """Normalised flux (B, P) from scaled labels (B, L)."""
         return self.network(scaled_labels)
+
+    def jvp(
+        self, scaled_labels: torch.Tensor, tangents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flux (B, P) and d flux along scaled-label tangents (B, K, L): (B, K, P)."""
+        return network_jvp(self.network, scaled_labels, tangents)
+
+    @property
+    def label_span(self) -> torch.Tensor:
+        """Physical label range (L,): one scaled unit of each label in its physical units."""
+        return self._label_max - self._label_min
 
     def scale(self, physical: torch.Tensor) -> torch.Tensor:
         """Physical labels (..., L) -> scaled labels (..., L)."""

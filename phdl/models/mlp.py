@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from phdl.models.transformer import linear_jvp
+
 
 @dataclass
 class MLPConfig:
@@ -38,10 +40,29 @@ class PayneMLP(nn.Module):
         layers += [nn.Linear(width, config.n_pixels), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        """Normalised flux (B, P) from scaled labels (B, L)."""
+    def _check(self, labels: torch.Tensor) -> None:
         if labels.shape[-1] != self.config.n_labels:
             raise ValueError(
                 f"mlp: expected {self.config.n_labels} labels, got shape {tuple(labels.shape)}"
             )
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        """Normalised flux (B, P) from scaled labels (B, L)."""
+        self._check(labels)
         return self.net(labels)
+
+    def jvp(
+        self, labels: torch.Tensor, tangents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flux (B, P) and its derivatives (B, K, P) along K label tangents (B, K, L) per spectrum."""
+        self._check(labels)
+        x, dx = labels, tangents
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                x, dx = linear_jvp(layer, x, dx)
+            elif isinstance(layer, nn.LeakyReLU):
+                slope = torch.where(x > 0, 1.0, layer.negative_slope).to(x.dtype)
+                x, dx = layer(x), slope.unsqueeze(1) * dx
+            else:  # the sigmoid output: s(x) s(-x) = s (1 - s) without cancellation near 1
+                x, dx = layer(x), (layer(x) * layer(-x)).unsqueeze(1) * dx
+        return x, dx
