@@ -79,7 +79,8 @@ class LabelFitter(LightningModule):
         mcmc_dir: folder for the chains (`<id>.npz`), required with mcmc_ids.
         jacobian_rows: spectra x labels per forward-mode pass (caps memory).
         jacobian_method: 'forward' (forward-mode AD: exact; default) or 'finite_difference'
-            (one forward pass per label: ~3x cheaper on CPU, derivatives to ~1e-4).
+            (one forward pass per label: derivatives to ~1e-4, and no cheaper since the
+            networks write their forward mode out).
         seed: seed of the stochastic stages (CMA-ES, emcee).
     """
 
