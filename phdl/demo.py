@@ -135,19 +135,19 @@ def _overlay(path: Path, settings: dict) -> str:
 
 
 def train(out: Path, grid: Path, name: str, weight: float, size: DemoSize) -> Path:
-    """`phdl fit` with configs/fit_demo.yaml for `size.train_steps`; returns last.ckpt.
+    """`phdl fit` with configs/fit_demo.yaml for `size.train_steps`; returns best.ckpt.
 
-    ModelCheckpoint (monitor + save_last) writes last.ckpt whenever validation improves, so it
-    holds the best weights, and it exists long before training ends. A run is complete only
+    best.ckpt (the best validation) exists long before training ends, so a run is complete only
     with its `done.json`; a run interrupted before that is trained again from step 0 (resuming
-    from the best epoch would give other numbers than an uninterrupted run).
+    from last.ckpt would draw other random derivative directions than an uninterrupted run, so
+    the demo's numbers would depend on when it was interrupted).
     """
     import shutil
 
     from phdl.cli import main
 
     run = (out / "emulators" / name).resolve()
-    checkpoint = run / "checkpoints" / "last.ckpt"
+    checkpoint = run / "checkpoints" / "best.ckpt"
     done = run / "done.json"
     if done.exists() and checkpoint.exists():
         return checkpoint
@@ -169,7 +169,7 @@ def train(out: Path, grid: Path, name: str, weight: float, size: DemoSize) -> Pa
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True,
+                    "init_args": {"dirpath": str(run / "checkpoints"), "filename": "best",
                                   "monitor": "val/flux_rmse", "mode": "min", "save_top_k": 1,
                                   "enable_version_counter": False},
                 },

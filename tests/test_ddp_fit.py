@@ -85,6 +85,6 @@ def test_ddp_ranks_see_disjoint_spectra_and_checkpoint_loads(toy_grid, tmp_path)
     train = set(GridDataModule(str(toy_grid)).train_indices.tolist())
     assert first | second == train  # one epoch: every training spectrum seen once
 
-    emulator = load_emulator(tmp_path / "runs/demo/checkpoints/last.ckpt")
+    emulator = load_emulator(tmp_path / "runs/demo/checkpoints/best.ckpt")
     flux = emulator.flux(torch.tensor([[5500.0, 4.0, 0.0, 0.1, 0.0]]))
     assert flux.shape == (1, 96) and torch.isfinite(flux).all()

@@ -50,7 +50,7 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, quiet_wandb, capsys):
 
 
 def test_interrupted_training_is_redone_not_taken_as_finished(tmp_path, monkeypatch):
-    """last.ckpt exists from the first improvement on; only done.json marks a finished run."""
+    """best.ckpt exists from the first validation on; only done.json marks a finished run."""
     import phdl.cli
     import phdl.demo as demo
 
@@ -58,19 +58,19 @@ def test_interrupted_training_is_redone_not_taken_as_finished(tmp_path, monkeypa
 
     def fake_fit(argv):
         calls.append(argv)
-        checkpoint = tmp_path / "emulators" / "prior" / "checkpoints" / "last.ckpt"
+        checkpoint = tmp_path / "emulators" / "prior" / "checkpoints" / "best.ckpt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.write_bytes(b"weights")
 
     monkeypatch.setattr(phdl.cli, "main", fake_fit)
-    stale = tmp_path / "emulators" / "prior" / "checkpoints" / "last.ckpt"
+    stale = tmp_path / "emulators" / "prior" / "checkpoints" / "best.ckpt"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"best epoch of an interrupted run")
-    (stale.parent / "emulator-epoch=009.ckpt").write_bytes(b"")
+    (stale.parent / "last.ckpt").write_bytes(b"")
     checkpoint = demo.train(tmp_path, tmp_path / "grid.h5", "prior", 0.5, demo.QUICK)
     assert len(calls) == 1 and calls[0][0] == "fit"
     assert checkpoint.read_bytes() == b"weights"
-    assert not (stale.parent / "emulator-epoch=009.ckpt").exists()  # the old run was cleared
+    assert not (stale.parent / "last.ckpt").exists()  # the old run was cleared
     assert (
         json.loads((tmp_path / "emulators" / "prior" / "done.json").read_text())["train_steps"]
         == demo.QUICK.train_steps

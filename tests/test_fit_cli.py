@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from phdl.cli import main
 from phdl.emulator import EmulatorModule, load_emulator
@@ -43,17 +44,38 @@ def test_fit_demo_fast_dev_run(toy_grid, run_dir):
     assert cli.trainer.global_step == 1
 
 
-def test_fit_writes_wandb_offline_checkpoints_and_resumes(toy_grid, run_dir):
-    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
-    fit(toy_grid, "--trainer.max_epochs", "1", *short)
-    assert list((run_dir / "runs/demo/wandb").glob("offline-run-*"))  # wandb is the default logger
-    last = run_dir / "runs/demo/checkpoints/last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 2
+def test_fit_writes_wandb_offline_checkpoints_and_resumes_from_the_latest_step(toy_grid, run_dir):
+    """best.ckpt holds the best validation, last.ckpt the latest state, and `--ckpt_path last`
+    continues from the latest state, not from the best epoch (steps after it are not redone)."""
+    config = yaml.safe_load((CONFIGS / "fit_demo.yaml").read_text())
+    latest = config["trainer"]["callbacks"][1]["init_args"]
+    assert latest["save_last"] and latest.get("monitor") is None
+    latest["every_n_train_steps"] = 2  # the config's 100, scaled to this 6-step run
+    (run_dir / "fit.yaml").write_text(yaml.safe_dump(config))
+    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+             "--trainer.check_val_every_n_epoch", "2"]  # fmt: skip
 
-    cli = fit(toy_grid, "--trainer.max_epochs", "2", "--ckpt_path", "last", *short)
-    assert cli.trainer.global_step == 4  # continued from step 2, not restarted
-    assert torch.load(last, weights_only=True)["global_step"] == 4
-    emulator = load_emulator(last)
+    def run(*extra):
+        config_args = [
+            "--config",
+            str(run_dir / "fit.yaml"),
+            "--data.init_args.path",
+            str(toy_grid),
+        ]
+        return main(["fit", *config_args, *FAST, *short, *extra])
+
+    run("--trainer.max_epochs", "3")  # validation after epoch 2 only
+    assert list((run_dir / "runs/demo/wandb").glob("offline-run-*"))  # wandb is the default logger
+    best = run_dir / "runs/demo/checkpoints/best.ckpt"
+    last = run_dir / "runs/demo/checkpoints/last.ckpt"
+    assert torch.load(best, weights_only=True)["global_step"] == 4
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+
+    cli = run("--trainer.max_epochs", "4", "--ckpt_path", "last")
+    assert Path(cli.trainer.ckpt_path).name == "last.ckpt"  # resumed from step 6, not 4
+    assert cli.trainer.global_step == 8
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+    emulator = load_emulator(best)
     assert emulator.label_names == ("teff", "logg", "fe_h", "mg_fe", "ca_fe")
     assert emulator.flux(torch.tensor([[5500.0, 4.0, 0.0, 0.1, 0.0]])).shape == (1, 96)
 

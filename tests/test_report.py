@@ -93,7 +93,7 @@ def test_report_command_uses_the_checkpoints_test_split(toy_grid, tmp_path, monk
         "--trainer.logger", str(config.parent / "logger/csv.yaml"), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     ])  # fmt: skip
-    checkpoint = tmp_path / "runs/demo/checkpoints/last.ckpt"
+    checkpoint = tmp_path / "runs/demo/checkpoints/best.ckpt"
     grid, test = split_of_checkpoint(checkpoint, "test")
     _, train = split_of_checkpoint(checkpoint, "train")
     assert grid == str(toy_grid) and len(test) == 7 and not set(test) & set(train)
