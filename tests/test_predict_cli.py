@@ -134,6 +134,8 @@ def test_single_device_predict_writes_one_flagged_row_per_spectrum(single, input
     units = {header[f"TTYPE{i}"]: header.get(f"TUNIT{i}") for i in range(1, header["TFIELDS"] + 1)}
     assert units["teff"] == "K" and units["fe_h_err"] == "dex" and units["rv"] == "km s-1"
     assert header["FLAG1"] == "BAD_INPUT" and header["NLABELS"] == 8
+    fitted = [c[: -len("_err")] for c in table.colnames if c.endswith("_err")]
+    assert [header[f"MASK{k}"] for k in range(len(fitted))] == fitted  # bound/prior_mask bits
     rejects = read_table(str(single).replace(".fits", "_rejects.csv"))
     assert list(rejects["index"]) == sorted(bad)
     assert all(bad[i] in reason for i, reason in zip(rejects["index"], rejects["reason"]))

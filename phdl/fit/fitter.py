@@ -197,7 +197,16 @@ class LabelFitter(LightningModule):
         }
         for name, bit in FLAG_BITS.items():
             cards[f"FLAG{bit}"] = name
+        # bit k of bound_mask / prior_mask: the fitted labels, then rv and broadening_sq
+        for bit, name in enumerate(self.mask_bit_names()):
+            cards[f"MASK{bit}"] = name
         return cards
+
+    def mask_bit_names(self) -> list[str]:
+        """What bit k of `bound_mask` (and, for the labels, `prior_mask`) stands for."""
+        h = self.hparams
+        names = [*self.spectrum_model.fit_labels] + (["rv"] if h.fit_rv else [])
+        return names + (["broadening_sq"] if h.fit_broadening else [])
 
     # --- fitting -----------------------------------------------------------------------------
     def predict_step(self, batch: dict, batch_idx: int = 0, dataloader_idx: int = 0) -> dict:
@@ -321,8 +330,7 @@ class LabelFitter(LightningModule):
                 self.spectrum_model, flux[k], ivar[k], theta[k], base[k], h.mcmc_walkers,
                 h.mcmc_steps, scale, h.seed,
             )  # fmt: skip
-            names = [*self.spectrum_model.fit_labels] + (["rv"] if h.fit_rv else [])
-            names += ["broadening_sq"] if h.fit_broadening else []
+            names = self.mask_bit_names()
             safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in ids[row])
             path = os.path.join(h.mcmc_dir, f"{safe}.npz")
             temporary = path + f".tmp{os.getpid()}.npz"
