@@ -23,14 +23,15 @@ from phdl.models.base import SpectrumEmulator
 
 def emulator_gradient_spectra(
     emulator: SpectrumEmulator, physical_labels: torch.Tensor, label_indices: Sequence[int]
-) -> torch.Tensor:
-    """d flux / d label in physical units, (B, K, P), by forward-mode AD along each label."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flux (B, P) and d flux / d label in physical units (B, K, P), by forward-mode AD along
+    each label (one pass gives both)."""
     scaled = emulator.scale(physical_labels)
     index = torch.as_tensor(list(label_indices), dtype=torch.long, device=scaled.device)
     tangents = scaled.new_zeros(scaled.shape[0], len(index), scaled.shape[1])
     tangents[:, torch.arange(len(index), device=scaled.device), index] = 1.0
-    _, derivative = emulator.jvp(scaled, tangents)  # per scaled unit
-    return derivative / emulator.label_span[index][None, :, None]
+    flux, derivative = emulator.jvp(scaled, tangents)  # per scaled unit
+    return flux, derivative / emulator.label_span[index][None, :, None]
 
 
 @dataclass
@@ -85,10 +86,8 @@ def evaluate(
         reference = np.stack([reader.gradients(i) for i in batch])  # (B, K, P)
         labels = torch.as_tensor(info.labels[batch], dtype=torch.float32, device=device)
         with torch.no_grad():
-            model_flux = emulator.flux(labels).cpu().numpy()
-        emulated = (
-            emulator_gradient_spectra(emulator, labels, grad_label_idx).detach().cpu().numpy()
-        )
+            model_flux, emulated = emulator_gradient_spectra(emulator, labels, grad_label_idx)
+        model_flux, emulated = model_flux.cpu().numpy(), emulated.cpu().numpy()
         residuals.append(model_flux - flux)
         norm = np.linalg.norm(np.nan_to_num(reference), axis=-1)
         norm = np.maximum(norm, floor[None, :])
