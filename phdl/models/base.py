@@ -81,11 +81,11 @@ class SpectrumEmulator(nn.Module):
 
     def scale(self, physical: torch.Tensor) -> torch.Tensor:
         """Physical labels (..., L) -> scaled labels (..., L)."""
-        return (physical - self._label_min) / (self._label_max - self._label_min) - 0.5
+        return (physical - self._label_min) / self.label_span - 0.5
 
     def unscale(self, scaled: torch.Tensor) -> torch.Tensor:
         """Scaled labels (..., L) -> physical labels (..., L)."""
-        return (scaled + 0.5) * (self._label_max - self._label_min) + self._label_min
+        return (scaled + 0.5) * self.label_span + self._label_min
 
     def flux(self, physical_labels: torch.Tensor) -> torch.Tensor:
         """Normalised flux (B, P) from physical labels (B, L) in the units of `label_names`."""

@@ -255,7 +255,7 @@ class SpectrumTransformer(nn.Module):
                 f"transformer: tangents must be (B, K, L) = ({labels.shape[0]}, K, "
                 f"{labels.shape[1]}), got {tuple(tangents.shape)}"
             )
-        first, activation, second = self.label_embedding
+        first, _, second = self.label_embedding  # Linear, GELU, Linear
         hidden, d_hidden = gelu_jvp(*linear_jvp(first, labels, tangents))
         embedded, d_embedded = linear_jvp(second, hidden, d_hidden)  # (B, D), (B, K, D)
         x = self.position[None] + embedded[:, None, :]  # (B, T, D)
