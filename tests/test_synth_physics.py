@@ -277,3 +277,28 @@ def test_abundance_labels_move_their_lines(sun_gradients, synthesizer):
     for name in ("teff", "logg", "fe_h", "vmic"):
         assert float(size[DEFAULT_LABELS.index(name)]) > 1e-5, name
     assert math.isfinite(float(size.sum()))
+
+
+def test_compiled_kernels_give_the_eager_numbers(sun_gradients, synthesizer):
+    """torch.compile'd synthesis (what `phdl synth` uses on large runs) = the eager code."""
+    theta, plan, flux, grads = sun_gradients
+    config = SynthConfig(margin=10.0, fine_step=0.04, compile=True)
+    compiled = Synthesizer(synthesizer.inputs, wavelength=synthesizer.wavelength, config=config)
+    c_flux, c_grads = compiled.synthesize(theta, gradients=True, plan=plan)
+    assert float((c_flux - flux).abs().max()) < 1e-7
+    scale = grads.abs().max(dim=1, keepdim=True).values.clamp(min=1e-12)
+    assert float(((c_grads - grads).abs() / scale).max()) < 1e-4
+
+
+def test_a_kernel_that_cannot_compile_runs_eagerly_with_one_warning(monkeypatch):
+    from phdl.synth.kernels import Kernel
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    kernel = Kernel(lambda x: 2 * x)
+    x = torch.arange(3.0)
+    with pytest.warns(RuntimeWarning, match="running it uncompiled"):
+        assert torch.equal(kernel(x), 2 * x)
+    assert torch.equal(kernel(x), 2 * x)  # no second try, no second warning

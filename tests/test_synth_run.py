@@ -113,3 +113,15 @@ def test_interrupted_run_resumes_only_the_missing_spectra(tmp_path, monkeypatch,
     full_flux, full_grads = _read(complete_grid)
     np.testing.assert_allclose(flux, full_flux, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(grads, full_grads, rtol=1e-5, atol=1e-7)
+
+
+def test_compile_auto_only_where_it_pays_back():
+    from phdl.data.lamost import lamost_wavelength
+
+    args = run.build_parser().parse_args(["x.h5"])
+    full, demo = lamost_wavelength(3700.0, 9100.0), lamost_wavelength(5000.0, 5400.0)
+    assert run.compile_pays("auto", full, 1800.0, args, per_worker=100)
+    assert not run.compile_pays("auto", full, 1800.0, args, per_worker=10)
+    assert not run.compile_pays("auto", demo, 1800.0, args, per_worker=160)  # the demo
+    assert run.compile_pays("on", demo, 1800.0, args, per_worker=1)
+    assert not run.compile_pays("off", full, 1800.0, args, per_worker=10**6)

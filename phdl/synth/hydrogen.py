@@ -118,58 +118,78 @@ def _holtsmark_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _interp2(table: torch.Tensor, x0: float, dx: float, y0: float, dy: float, x, y):
-    """Bilinear interpolation of table[(x - x0)/dx, (y - y0)/dy], clamped to the table."""
+    """Bilinear interpolation of table[(x - x0)/dx, (y - y0)/dy], clamped to the table, and its
+    partials by x and by y (zero where clamped)."""
     nx, ny = table.shape
-    fx = ((x - x0) / dx).clamp(0, nx - 1 - 1e-9)
-    fy = ((y - y0) / dy).clamp(0, ny - 1 - 1e-9)
-    ix = fx.detach().floor().long()
-    iy = fy.detach().floor().long()
+    fx_raw, fy_raw = (x - x0) / dx, (y - y0) / dy
+    fx = fx_raw.clamp(0, nx - 1 - 1e-9)
+    fy = fy_raw.clamp(0, ny - 1 - 1e-9)
+    ix = fx.floor().long()
+    iy = fy.floor().long()
     tx, ty = fx - ix, fy - iy
     flat = table.reshape(-1)
     v00 = flat[ix * ny + iy]
     v01 = flat[ix * ny + iy + 1]
     v10 = flat[(ix + 1) * ny + iy]
     v11 = flat[(ix + 1) * ny + iy + 1]
-    return (1 - tx) * ((1 - ty) * v00 + ty * v01) + tx * ((1 - ty) * v10 + ty * v11)
+    left = (1 - ty) * v00 + ty * v01
+    right = (1 - ty) * v10 + ty * v11
+    value = (1 - tx) * left + tx * right
+    d_x = torch.where(fx == fx_raw, (right - left) / dx, 0.0)
+    d_y = torch.where(fy == fy_raw, ((1 - tx) * (v01 - v00) + tx * (v11 - v10)) / dy, 0.0)
+    return value, d_x, d_y
 
 
-def stark_profile(dlam: torch.Tensor, doppler: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Doppler-convolved Holtsmark profile [1/Angstrom] at detuning dlam; scale = K_nm F0."""
+def stark_profile(
+    dlam: torch.Tensor, doppler: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Doppler-convolved Holtsmark profile [1/Angstrom] at detuning dlam; scale = K_nm F0.
+
+    Returns (profile, d ln profile / d ln doppler, d ln profile / d ln scale).
+    """
     log_delta, u_nodes, table = _holtsmark_tables()
     tab = torch.as_tensor(table, dtype=dlam.dtype)
     beta = dlam.abs() / scale
-    delta = doppler / scale
-    u = torch.log1p(beta.clamp(max=_BETA_MAX))
-    inside = _interp2(
+    inside, d_x, d_u = _interp2(
         tab,
         log_delta[0],
         log_delta[1] - log_delta[0],
         0.0,
         u_nodes[1] - u_nodes[0],
-        torch.log(delta),
-        u,
+        torch.log(doppler / scale),
+        torch.log1p(beta.clamp(max=_BETA_MAX)),
     )
     # beyond the table: the Holtsmark asymptote, scaled to join the table continuously
+    beyond = beta >= _BETA_MAX
     far = beta.clamp(min=_BETA_MAX)
-    asymptote = far**-2.5 * (1 + 5.107 * far**-1.5)
+    tail = 5.107 * far**-1.5
     at_edge = _BETA_MAX**-2.5 * (1 + 5.107 * _BETA_MAX**-1.5)
-    value = torch.exp(inside) * torch.where(
-        beta < _BETA_MAX, torch.ones_like(beta), asymptote / at_edge
-    )
-    return value / scale
+    value = torch.exp(inside) * torch.where(beyond, far**-2.5 * (1 + tail) / at_edge, 1.0)
+    # d ln profile / d ln beta: through u = ln(1 + beta) inside the table, the asymptote beyond
+    d_beta = torch.where(beyond, -2.5 - 1.5 * tail / (1 + tail), d_u * beta / (1 + beta))
+    return value / scale, d_x, -d_x - d_beta - 1.0
 
 
 def hydrogen_opacity(
-    wavelength: torch.Tensor, state: dict[str, torch.Tensor], window_scale: float = 1.0
-) -> torch.Tensor:
-    """Balmer + Paschen line opacity [cm^-1] on `wavelength` (Angstrom, vacuum), (W, D)."""
+    wavelength: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    window_scale: float = 1.0,
+    partials: bool = False,
+):
+    """Balmer + Paschen line opacity [cm^-1] on `wavelength` (Angstrom, vacuum), (W, D).
+
+    With `partials`, also {key: d kappa / d state[key]} (W, D) for the keys temperature,
+    electron_density, n_hi and vmic (the Jacobian is diagonal in wavelength and depth).
+    """
     temperature = state["temperature"]
     ne = state["electron_density"]
     n_hi = state["n_hi"]
+    vmic = state["vmic"]
     f0 = 1.25e-9 * ne ** (2.0 / 3.0)
     lam_min, lam_max = float(wavelength[0]), float(wavelength[-1])
     rows, values = [], []
-    velocity = torch.sqrt(2.0 * K_B * temperature / (1.008 * AMU) + state["vmic"] ** 2)
+    velocity2 = 2.0 * K_B * temperature / (1.008 * AMU) + vmic**2
+    kt_ev = 8.617333262e-5 * temperature
     for n, m, lam0 in hydrogen_lines(lam_min - 200.0, lam_max + 200.0):
         half = window_scale * max(20.0, 150.0 / (m - n))
         lo = lam0 - half
@@ -181,19 +201,46 @@ def hydrogen_opacity(
         idx = torch.nonzero(sel)[:, 0]
         lam = wavelength[idx][:, None]
         energy_ev = 13.598434 * (1.0 - 1.0 / n**2)
-        population = n_hi * (n * n) * torch.exp(-energy_ev / (8.617333262e-5 * temperature))
-        stim = -torch.expm1(-HC_OVER_K_ANGSTROM / (lam0 * temperature))
+        population = n_hi * (n * n) * torch.exp(-energy_ev / kt_ev)
+        stim_x = HC_OVER_K_ANGSTROM / (lam0 * temperature)
+        stim = -torch.expm1(-stim_x)
         strength = (
             (SIGMA_CLASSICAL * oscillator_strength(n, m) * (lam0 * 1e-8) ** 2 / C_CGS * 1e8)
             * population
             * stim
         )  # cm^-1 Angstrom
-        doppler = lam0 * velocity / C_CGS
-        profile = stark_profile(lam - lam0, doppler[None, :], (griem_knm(n, m) * f0)[None, :])
+        doppler = lam0 * torch.sqrt(velocity2) / C_CGS
+        profile, d_doppler, d_scale = stark_profile(
+            lam - lam0, doppler[None, :], (griem_knm(n, m) * f0)[None, :]
+        )
+        kappa = strength[None, :] * profile
         rows.append(idx)
-        values.append(strength[None, :] * profile)
-    kappa = torch.zeros(wavelength.shape[0], temperature.shape[0], dtype=temperature.dtype)
-    if not rows:
-        return kappa
-    # one scatter for all lines: an out-of-place index_add per line copied the whole array
-    return kappa.index_add(0, torch.cat(rows), torch.cat(values))
+        if not partials:
+            values.append(kappa)
+            continue
+        # d ln kappa / d state: strength (Boltzmann, stimulated emission), Doppler width, F0
+        d_ln_strength_t = (
+            energy_ev / (kt_ev * temperature) - stim_x / temperature * torch.exp(-stim_x) / stim
+        )
+        d_ln_doppler_t = K_B / (1.008 * AMU) / velocity2
+        values.append(
+            torch.stack(
+                [
+                    kappa,
+                    kappa * (d_ln_strength_t + d_doppler * d_ln_doppler_t),
+                    kappa * d_scale * (2.0 / 3.0) / ne,
+                    kappa / n_hi,
+                    kappa * d_doppler * (vmic / velocity2),
+                ]
+            )
+        )
+    shape = (wavelength.shape[0], temperature.shape[0])
+    if not partials:
+        kappa = torch.zeros(shape, dtype=temperature.dtype)
+        # one scatter for all lines: an out-of-place index_add per line copied the whole array
+        return kappa if not rows else kappa.index_add(0, torch.cat(rows), torch.cat(values))
+    out = torch.zeros(5, *shape, dtype=temperature.dtype)
+    if rows:
+        out = out.index_add(1, torch.cat(rows), torch.cat(values, dim=1))
+    keys = ("temperature", "electron_density", "n_hi", "vmic")
+    return out[0], dict(zip(keys, out[1:]))

@@ -3,8 +3,8 @@
 The Faddeeva function w(z), z = v + i a, a >= 0, is evaluated in two regions (DESIGN section 8:
 no series that fails for large damping):
   * |z| >= 6.5: the asymptotic (Laplace) series w = i/(sqrt(pi) z) sum_n (2n-1)!!/(2 z^2)^n,
-    7 terms, 4 beyond |z| = 10 (relative error < 3e-7, any damping: the series is valid in the
-    whole upper half plane away from the origin);
+    7 terms (relative error < 3e-7, any damping: the series is valid in the whole upper half
+    plane away from the origin);
   * |z| < 6.5: a Taylor expansion of order 5 about the nearest node of a table of w and its
     derivatives (node spacing 0.05, |dz| <= 0.036: error < 1e-9 absolute), the table computed
     once from scipy's Faddeeva implementation (Johnson's Faddeeva package) and the exact
@@ -39,18 +39,18 @@ K_B_EV = 8.617333262e-5
 _ASYMPTOTIC_RADIUS = 6.5
 _TABLE_STEP = 0.05
 _TAYLOR_ORDER = 5
+_TABLE_NODES = int(math.ceil(_ASYMPTOTIC_RADIUS / _TABLE_STEP)) + 2
 #: (2n-1)!! / 2^n, n = 0..6: coefficients of the asymptotic series in 1/z^2.
 _ASYMPTOTIC = tuple(math.prod(range(1, 2 * n, 2)) / 2.0**n for n in range(7))
 
 
 @functools.lru_cache(maxsize=8)
-def _taylor_table(dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+def taylor_table(dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Taylor coefficients w^(n)(z0)/n! at nodes z0 = i h + 1j * j h: real, imag (n, nodes)."""
     from scipy.special import wofz
 
     h = _TABLE_STEP
-    n_nodes = int(math.ceil(_ASYMPTOTIC_RADIUS / h)) + 2
-    grid = np.arange(n_nodes) * h
+    grid = np.arange(_TABLE_NODES) * h
     z0 = grid[:, None] + 1j * grid[None, :]
     derivs = [wofz(z0)]
     derivs.append(-2.0 * z0 * derivs[0] + 2j / SQRT_PI)
@@ -58,101 +58,89 @@ def _taylor_table(dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.
         derivs.append(-2.0 * z0 * derivs[n] - 2.0 * n * derivs[n - 1])
     coef = np.stack([d / math.factorial(n) for n, d in enumerate(derivs)]).reshape(len(derivs), -1)
     as_tensor = functools.partial(torch.as_tensor, dtype=dtype, device=device)
-    return as_tensor(coef.real.copy()), as_tensor(coef.imag.copy()), n_nodes
+    return as_tensor(coef.real.copy()), as_tensor(coef.imag.copy())
 
 
-def _faddeeva_taylor(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _faddeeva_taylor(
+    x: torch.Tensor, a: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """w(x + i a) for 0 <= x, a < table edge: Taylor series about the nearest table node."""
-    table_re, table_im, n_nodes = _taylor_table(x.dtype, str(x.device))
+    table_re, table_im = table
     h = _TABLE_STEP
     i = torch.round(x * (1.0 / h))
     j = torch.round(a * (1.0 / h))
     dr = x - i * h
     di = a - j * h
-    node = (i * n_nodes + j).long()
-    # index_select: several times faster than advanced indexing (the Voigt's main cost)
-    re = table_re[-1].index_select(0, node)
-    im = table_im[-1].index_select(0, node)
-    for n in range(_TAYLOR_ORDER - 1, -1, -1):  # Horner in complex arithmetic, fused steps
-        re, im = (
-            torch.addcmul(table_re[n].index_select(0, node), re, dr).addcmul_(im, di, value=-1),
-            torch.addcmul(table_im[n].index_select(0, node), re, di).addcmul_(im, dr),
-        )
+    node = (i * _TABLE_NODES + j).long()
+    re = table_re[-1][node]
+    im = table_im[-1][node]
+    for n in range(_TAYLOR_ORDER - 1, -1, -1):  # Horner in complex arithmetic
+        re, im = table_re[n][node] + re * dr - im * di, table_im[n][node] + re * di + im * dr
     return re, im
 
 
-def _faddeeva_asymptotic(
-    x: torch.Tensor, a: torch.Tensor, terms: int = len(_ASYMPTOTIC)
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """w(x + i a) for |z| >= 6.5 from the asymptotic series (upper half plane), `terms` terms."""
+def _faddeeva_asymptotic(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w(x + i a) for |z| >= 6.5 from the asymptotic series (upper half plane)."""
     r2 = x * x + a * a
     inv_r2 = 1.0 / r2
     # 1/z = (x - i a) / r2; u = 1/z^2 = (x^2 - a^2 - 2 i x a) / r2^2
     zr, zi = x * inv_r2, -a * inv_r2
     ur, ui = zr * zr - zi * zi, 2.0 * zr * zi
-    sr = torch.full_like(x, _ASYMPTOTIC[terms - 1])
+    sr = torch.full_like(x, _ASYMPTOTIC[-1])
     si = torch.zeros_like(x)
-    for c in _ASYMPTOTIC[terms - 2 :: -1]:
+    for c in _ASYMPTOTIC[-2::-1]:
         sr, si = sr * ur - si * ui + c, sr * ui + si * ur
     # w = i/sqrt(pi) * (1/z) * S
     pr, pi_ = zr * sr - zi * si, zr * si + zi * sr
     return -pi_ * (1.0 / SQRT_PI), pr * (1.0 / SQRT_PI)
 
 
-def faddeeva(v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w(v + i a) for a >= 0 as (real, imag) tensors (table Taylor inside |z| < 6.5, series outside)."""
-    shape = v.shape
-    v = v.reshape(-1)
-    a = a.expand(shape).reshape(-1)
-    x = v.abs()
-    r2 = x * x + a * a
-    # beyond |z| = 10 four terms keep the relative error < 1e-7 (next term 6.6 / |z|^8)
-    regions = (
-        (torch.nonzero(r2 < _ASYMPTOTIC_RADIUS**2)[:, 0], _faddeeva_taylor),
-        (
-            torch.nonzero((r2 >= _ASYMPTOTIC_RADIUS**2) & (r2 < 100.0))[:, 0],
-            _faddeeva_asymptotic,
-        ),
-        (torch.nonzero(r2 >= 100.0)[:, 0], functools.partial(_faddeeva_asymptotic, terms=4)),
-    )
-    re = torch.empty_like(x)
-    im = torch.empty_like(x)
-    for idx, fn in regions:
-        if idx.numel():
-            r, i = fn(x.index_select(0, idx), a.index_select(0, idx))
-            re.index_copy_(0, idx, r)
-            im.index_copy_(0, idx, i)
-    # w(-x + i a) = conj(w(x + i a))
-    im = torch.where(v < 0, -im, im)
-    return re.reshape(shape), im.reshape(shape)
+def faddeeva(
+    v: torch.Tensor,
+    a: torch.Tensor,
+    far: bool = False,
+    table: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """w(v + i a) for a >= 0 as (real, imag) tensors: table Taylor inside |z| < 6.5, series outside.
 
-
-def faddeeva_far(v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w(v + i a) where |v + i a| >= 6.5 is known (line wings): the asymptotic series alone.
-
-    The same numbers as `faddeeva` there, without its per-region gathers and scatters.
+    Both branches are evaluated everywhere and blended elementwise (no gathers and scatters by
+    region), so that torch.compile fuses the whole function into one loop (phdl.synth.kernels).
+    `far`: every |v + i a| >= 6.5 is known (line wings), the series alone. `table`:
+    taylor_table(v.dtype, device), passed in by compiled callers (it is built with scipy).
     """
-    re, im = _faddeeva_asymptotic(v.abs(), a.expand_as(v))
+    x = v.abs()
+    a = a.expand_as(x)
+    if far:
+        re, im = _faddeeva_asymptotic(x, a)
+    else:
+        table = table if table is not None else taylor_table(x.dtype, str(x.device))
+        inside = x * x + a * a < _ASYMPTOTIC_RADIUS**2
+        zero = torch.zeros_like(x)
+        re_t, im_t = _faddeeva_taylor(
+            torch.where(inside, x, zero), torch.where(inside, a, zero), table
+        )
+        # outside points only (inside ones get a harmless |z| = 6.5 stand-in)
+        re_a, im_a = _faddeeva_asymptotic(torch.where(inside, zero + _ASYMPTOTIC_RADIUS, x), a)
+        re, im = torch.where(inside, re_t, re_a), torch.where(inside, im_t, im_a)
+    # w(-x + i a) = conj(w(x + i a))
     return re, torch.where(v < 0, -im, im)
 
 
 def voigt_and_derivatives(
-    v: torch.Tensor, a: torch.Tensor, far: bool = False
+    v: torch.Tensor,
+    a: torch.Tensor,
+    far: bool = False,
+    table: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Voigt H(a, v) (normalised to sqrt(pi) over v) and its exact partials dH/dv, dH/da.
 
-    `far`: every |v + i a| >= 6.5 (faddeeva_far).
+    `far`, `table`: as for `faddeeva`.
     """
-    re, im = faddeeva_far(v, a) if far else faddeeva(v, a)
+    re, im = faddeeva(v, a, far, table)
     # w' = -2 z w + 2i/sqrt(pi), z = v + i a
     d_re = -2.0 * (v * re - a * im)
     d_im = -2.0 * (v * im + a * re) + 2.0 / SQRT_PI
     return re, d_re, -d_im
-
-
-def voigt(v: torch.Tensor, a: torch.Tensor, far: bool = False) -> torch.Tensor:
-    """Voigt function H(a, v) = Re w(v + i a); `far`: every |v + i a| >= 6.5 (faddeeva_far)."""
-    return (faddeeva_far(v, a) if far else faddeeva(v, a))[0]
 
 
 @dataclass

@@ -33,16 +33,21 @@ from phdl.synth.eos import (
     depth_state,
 )
 from phdl.synth.hydrogen import hydrogen_opacity
+from phdl.synth.kernels import (
+    CORE_GRADIENT_TERMS,
+    CORE_PROFILE,
+    LINE_PROFILE,
+    PLANCK_FLUX,
+    PLANCK_FLUX_AND_SENSITIVITIES,
+)
 from phdl.synth.lines import (
     HC_OVER_K_ANGSTROM,
     SQRT_PI,
     LineData,
     line_parameters,
     line_tangent_coefficients,
-    voigt,
-    voigt_and_derivatives,
+    taylor_table,
 )
-from phdl.synth.transfer import emergent_flux, optical_depth
 
 #: Atomic numbers of the elements with an [X/Fe] label.
 ELEMENT_Z: dict[str, int] = {
@@ -56,7 +61,6 @@ ALPHA_LABELS = ("o_fe", "mg_fe", "si_fe", "ca_fe", "ti_fe")
 ALPHA_M_RANGE = (0.0, 0.4)
 #: Labels the per-depth state depends on only through the atmosphere / EOS.
 CONTINUUM_KEYS = ("temperature", "electron_density", "n_hi", "n_hii", "n_hminus", "n_h2")
-HYDROGEN_KEYS = ("temperature", "electron_density", "n_hi")
 
 
 @dataclass
@@ -107,6 +111,11 @@ class SynthConfig:
     #: spectra's largest part): float32 halves its memory traffic, relative error ~1e-6
     gradient_dtype: torch.dtype = torch.float32
     dtype: torch.dtype = torch.float64
+    #: fuse the line-opacity and transfer kernels with torch.compile (phdl.synth.kernels):
+    #: ~1.6x faster per spectrum, but the first call compiles (~75 s on 2 cores with a cold
+    #: cache, ~15 s with the cache warm), so it pays for grids, not for one spectrum;
+    #: `phdl synth --compile auto` decides from the size of the run
+    compile: bool = False
 
 
 @dataclass
@@ -152,16 +161,11 @@ class Synthesizer:
         )
         if self.wavelength.ndim != 1 or np.any(np.diff(self.wavelength) <= 0):
             raise ValueError("phdl.synth: output wavelength must be 1-d and increasing (Angstrom)")
-        dt = self.config.dtype
         cfg = self.config
         sigma_ln = 1.0 / (self.resolution * 2.0 * math.sqrt(2.0 * math.log(2.0)))
-        lo = self.wavelength[0] * math.exp(-5 * sigma_ln) - cfg.margin
-        hi = self.wavelength[-1] * math.exp(5 * sigma_ln) + cfg.margin
-        self.ln_step = cfg.fine_step / lo
-        stride = math.lcm(cfg.continuum_stride, cfg.hydrogen_stride, max(cfg.wing_stride, 1))
-        n = int(math.ceil(math.log(hi / lo) / self.ln_step / stride)) * stride + 1
+        lo, self.ln_step, n = fine_grid(self.wavelength, self.resolution, cfg)
         self.ln_lambda0 = math.log(lo)
-        self.fine = torch.as_tensor(lo * np.exp(self.ln_step * np.arange(n)), dtype=dt)
+        self.fine = torch.as_tensor(lo * np.exp(self.ln_step * np.arange(n)), dtype=cfg.dtype)
         self.continuum_grid = self.fine[:: cfg.continuum_stride]
         self.hydrogen_grid = self.fine[:: cfg.hydrogen_stride]
         self._kernel = self._sampling_matrix(sigma_ln)
@@ -376,18 +380,21 @@ class Synthesizer:
     def _line_windows(self, plan: LinePlan, idx: torch.Tensor, core: int, half: int):
         """Fine pixels of the line cores and (with wings) the coarse wing nodes, (Lc, W) each.
 
-        Returns (pix, valid, ramps, nodes, node_valid). With wings the fine core runs between
-        two wing nodes `left` and `right` (multiples of the stride), and `ramps` are the two
-        interpolation weights (Lc, W) with which the wing's own values at `left` and `right`
-        reach into the core; the core subtracts them, so that core + interpolated wings is the
-        line profile on [left, right] and its interpolated wing beyond.
+        Returns (pix, valid, edges, ramps, nodes, node_valid). With wings the fine core runs
+        between two wing nodes `left` and `right` (multiples of the stride, `edges` (Lc, 2)),
+        and `ramps` (Lc, W, 2) are the two interpolation weights with which the wing's own
+        values at `left` and `right` reach into the core; the core subtracts them, so that core
+        + interpolated wings is the line profile on [left, right] and its interpolated wing
+        beyond. Without wings the ramps are zero and nodes, node_valid None.
         """
         n_fine = self.fine.shape[0]
         centre = plan.centre[idx][:, None]
         if not core:
             pix = centre + torch.arange(-half, half + 1)
             valid = (pix >= 0) & (pix < n_fine)
-            return pix.clamp(0, n_fine - 1), valid, None, None, None
+            edges = centre.clamp(0, n_fine - 1).expand(-1, 2)
+            ramps = torch.zeros(*pix.shape, 2, dtype=self.config.dtype)
+            return pix.clamp(0, n_fine - 1), valid, edges, ramps, None, None
         stride = self.config.wing_stride
         left = torch.div(centre - core, stride, rounding_mode="floor") * stride
         right = -torch.div(-(centre + core), stride, rounding_mode="floor") * stride
@@ -400,64 +407,27 @@ class Synthesizer:
         nodes = torch.cat([left // stride - steps, right // stride + steps], dim=1)
         node_valid = (nodes * stride >= centre - half) & (nodes * stride <= centre + half)
         nodes = nodes.clamp(0, (n_fine - 1) // stride)
-        return (
-            pix,
-            valid,
-            (ramp_left, ramp_right, left - pix[:, :1], right - pix[:, :1]),
-            nodes,
-            node_valid,
-        )
+        ramps = torch.stack([ramp_left, ramp_right], dim=2).to(self.config.dtype)
+        return pix, valid, torch.cat([left, right], dim=1), ramps, nodes, node_valid
 
-    def _profiles(self, lam, plan, idx, params, valid, derivatives: bool, far: bool = False):
-        """Line opacity [cm^-1] (and d/d width, d/d damping) at wavelengths lam (Lc, W), (Lc, W, D)."""
-        ln_amp, width, damping = params  # (Lc, D)
-        vd = self.config.voigt_dtype
-        dl = (lam - plan.lines.wavelength[idx][:, None])[:, :, None]
-        w = width[:, None, :]
-        v = (dl / w).to(vd)
-        a = damping[:, None, :].expand_as(v).to(vd)
-        amp = torch.exp(ln_amp)[:, None, :]
-        if not derivatives:
-            h = voigt(v, a, far=far).to(width.dtype)
-            return (amp * h / (SQRT_PI * w) * valid[:, :, None],)
-        dt = self.config.gradient_dtype
-        h, dh_dv, dh_da = (x.to(dt) for x in voigt_and_derivatives(v, a, far=far))
-        vv, w = v.to(dt), w.to(dt)
-        scale = amp.to(dt) / (SQRT_PI * w)  # (Lc, 1, D)
-        if valid is not None:  # None: the caller zeroes what invalid pixels contribute
-            scale = scale * valid[:, :, None]
-        kappa = h * scale
-        d_width = (h + vv * dh_dv).mul_(-scale / w)
-        d_damping = dh_da.mul_(scale)
-        return kappa, d_width, d_damping
+    def _core_inputs(self, plan: LinePlan, idx: torch.Tensor, core: int, half: int):
+        """(pix, valid, dl, edges, ramps, nodes, node_valid, wing dl) of a chunk of lines:
+        _line_windows with the pixels as wavelength offsets from each line's centre [A]."""
+        pix, valid, edges, ramps, nodes, node_valid = self._line_windows(plan, idx, core, half)
+        centre = plan.lines.wavelength[idx][:, None]
+        dl, edges = _take(self.fine, pix) - centre, _take(self.fine, edges) - centre
+        wing_dl = None if nodes is None else self.fine[nodes * self.config.wing_stride] - centre
+        return pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl
 
-    def _line_profile(
-        self, plan, idx, core, half, params, derivatives: bool, ramps: bool = True
-    ) -> tuple:
-        """Core profiles on fine pixels and wing profiles on nodes (or None).
-
-        Returns (pix, valid, values, nodes, wing values). `ramps`: subtract the wings'
-        interpolation into the core (the opacity on the grid); without, the core is the plain
-        profile on [left, right], not masked (the caller masks d F / d kappa instead).
-        """
-        pix, valid, ramp, nodes, node_valid = self._line_windows(plan, idx, core, half)
-        values = self._profiles(
-            _take(self.fine, pix), plan, idx, params, valid if ramps else None, derivatives
-        )
-        if ramp is None:
-            return pix, valid, values, None, None
-        if ramps:
-            ramp_left, ramp_right, i_left, i_right = ramp
-            rows = torch.arange(pix.shape[0])[:, None]
-            values = tuple(
-                x
-                - ramp_left[:, :, None] * x[rows, i_left]
-                - ramp_right[:, :, None] * x[rows, i_right]
-                for x in values
-            )
-        lam = self.fine[nodes * self.config.wing_stride]
-        wings = self._profiles(lam, plan, idx, params, node_valid, derivatives, far=True)
-        return pix, valid, values, nodes, wings
+    def _kernel_args(self, dtype: torch.dtype) -> dict:
+        """Keyword arguments every line kernel takes (phdl.synth.kernels)."""
+        cfg = self.config
+        return {
+            "table": taylor_table(cfg.voigt_dtype, str(self.fine.device)),
+            "voigt_dtype": cfg.voigt_dtype,
+            "out_dtype": dtype,
+            "compile": cfg.compile,
+        }
 
     def line_opacity(self, state: dict[str, torch.Tensor], plan: LinePlan) -> torch.Tensor:
         """Total line opacity [cm^-1] on the fine grid, (N, D), without autograd."""
@@ -467,14 +437,19 @@ class Synthesizer:
         kappa = torch.zeros(n_fine * n_depth, dtype=self.config.dtype)
         wings = torch.zeros(((n_fine - 1) // stride + 1) * n_depth, dtype=self.config.dtype)
         depth = torch.arange(n_depth)
+        kw = self._kernel_args(self.config.dtype)
         with torch.no_grad():
             for core, half, idx in self._line_chunks(plan):
                 params = line_parameters(state, plan.lines.subset(idx))
-                pix, _, (k,), nodes, wing = self._line_profile(plan, idx, core, half, params, False)
+                pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = self._core_inputs(
+                    plan, idx, core, half
+                )
+                (k,) = CORE_PROFILE(dl, edges, ramps, valid, *params, derivatives=False, **kw)
                 kappa.index_add_(0, (pix[:, :, None] * n_depth + depth).reshape(-1), k.reshape(-1))
                 if nodes is not None:
+                    (wing,) = LINE_PROFILE(wing_dl, *params, far=True, derivatives=False, **kw)
                     flat = (nodes[:, :, None] * n_depth + depth).reshape(-1)
-                    wings.index_add_(0, flat, wing[0].reshape(-1))
+                    wings.index_add_(0, flat, (wing * node_valid[:, :, None]).reshape(-1))
             kappa = kappa.reshape(n_fine, n_depth)
             if plan.wing_buckets:
                 kappa += self._interp(wings.reshape(-1, n_depth), stride, 0, n_fine)
@@ -498,64 +473,58 @@ class Synthesizer:
         plan = plan if plan is not None else self.plan(theta, state)
         kappa_line = self.line_opacity(state, plan)
         cont = self._continuum(self.continuum_grid, state)
-        hyd = hydrogen_opacity(self.hydrogen_grid, state)
         if not gradients:
+            hyd = hydrogen_opacity(self.hydrogen_grid, state)
             with torch.no_grad():
                 flux = self._line_flux_all(state, cont, hyd, kappa_line)
-                flux = flux / self._interp_all(self._continuum_flux(state, cont)[0])
+                flux = flux / self._interp_all(self._continuum_flux(state, cont))
             if return_fine:
                 return flux, None
             return (self._kernel @ flux[:, None])[:, 0], None
-        return self._synthesize_with_gradients(
-            theta, state, plan, kappa_line, cont, hyd, return_fine
-        )
+        return self._synthesize_with_gradients(theta, state, plan, kappa_line, cont, return_fine)
 
     def _interp_all(self, coarse: torch.Tensor) -> torch.Tensor:
         return self._interp(coarse, self.config.continuum_stride, 0, self.fine.shape[0])
 
-    def _source(self, lam: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        """Planck function up to a wavelength-only factor (cancels in the normalised flux)."""
-        return 1.0 / torch.expm1(HC_OVER_K_ANGSTROM / (lam[:, None] * temperature))
-
-    def _continuum_flux(self, state, cont, leaves: bool = False):
-        """Continuum flux on the continuum grid (smooth: interpolated to the fine grid)."""
-        shape = cont.shape
-        tensors = [
+    def _continuum_flux(self, state, cont, sensitivities: bool = False):
+        """Continuum flux on the continuum grid (smooth: interpolated to the fine grid); with
+        `sensitivities` also its partials by kappa, rho, column mass and T (transfer.py)."""
+        kernel = PLANCK_FLUX_AND_SENSITIVITIES if sensitivities else PLANCK_FLUX
+        return kernel(
             cont,
-            state["rho"].expand(shape),
-            state["column_mass"].expand(shape),
-            state["temperature"].expand(shape),
-        ]
-        if leaves:
-            tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
-        kc, rho, mass, temp = tensors
-        tau = optical_depth(kc / rho, mass)
-        return emergent_flux(tau, self._source(self.continuum_grid, temp)), tensors
+            state["rho"],
+            state["column_mass"],
+            state["temperature"],
+            HC_OVER_K_ANGSTROM / self.continuum_grid,
+            compile=self.config.compile,
+        )
 
     def _line_flux_all(self, state, cont, hyd, kappa_line) -> torch.Tensor:
         n_fine = self.fine.shape[0]
         flux = torch.empty(n_fine, dtype=self.config.dtype)
         for start in range(0, n_fine, self.config.chunk):
             stop = min(start + self.config.chunk, n_fine)
-            flux[start:stop] = self._chunk_flux(start, stop, state, cont, hyd, kappa_line)[0]
+            flux[start:stop] = self._chunk_flux(start, stop, state, cont, hyd, kappa_line)
         return flux
 
-    def _chunk_flux(self, start, stop, state, cont, hyd, kappa_line, leaves: bool = False):
-        """Absolute (unnormalised) flux at fine pixels start..stop-1, optionally from leaves."""
+    def _chunk_flux(self, start, stop, state, cont, hyd, kappa_line, sensitivities=False):
+        """Absolute (unnormalised) flux at fine pixels start..stop-1; with `sensitivities` also
+        its partials by the total opacity, rho, column mass and T, (stop - start, D) each."""
         cfg = self.config
-        kc = self._interp(cont, cfg.continuum_stride, start, stop)
-        kh = self._interp(hyd, cfg.hydrogen_stride, start, stop)
-        kl = kappa_line[start:stop]
-        shape = kc.shape
-        rho = state["rho"].expand(shape)
-        mass = state["column_mass"].expand(shape)
-        temp = state["temperature"].expand(shape)
-        tensors = [kc + kh + kl, kh, kl, rho, mass, temp]
-        if leaves:
-            tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
-        total, kh, kl, rho, mass, temp = tensors
-        tau = optical_depth(total / rho, mass)
-        return emergent_flux(tau, self._source(self.fine[start:stop], temp)), tensors
+        kappa = (
+            self._interp(cont, cfg.continuum_stride, start, stop)
+            + self._interp(hyd, cfg.hydrogen_stride, start, stop)
+            + kappa_line[start:stop]
+        )
+        kernel = PLANCK_FLUX_AND_SENSITIVITIES if sensitivities else PLANCK_FLUX
+        return kernel(
+            kappa,
+            state["rho"],
+            state["column_mass"],
+            state["temperature"],
+            HC_OVER_K_ANGSTROM / self.fine[start:stop],
+            compile=cfg.compile,
+        )
 
     def _state_partials(self, fn, grid, state, keys) -> dict[tuple[str, int], torch.Tensor]:
         """d fn(grid, state)(lambda, d) / d state[key][row, d] (diagonal in depth), per key/row.
@@ -591,7 +560,7 @@ class Synthesizer:
         out = out.reshape(out.shape[0], n_copies, n_depth)
         return {entry: out[:, q] for q, entry in enumerate(entries)}
 
-    def _synthesize_with_gradients(self, theta, state, plan, kappa_line, cont, hyd, return_fine):
+    def _synthesize_with_gradients(self, theta, state, plan, kappa_line, cont, return_fine):
         cfg = self.config
         n_fine = self.fine.shape[0]
         n_depth = state["temperature"].shape[0]
@@ -600,9 +569,8 @@ class Synthesizer:
         cont_partials = self._state_partials(
             self._continuum, self.continuum_grid, state, CONTINUUM_KEYS + ("metal_neutral_over_u",)
         )
-        hyd_partials = self._state_partials(
-            hydrogen_opacity, self.hydrogen_grid, state, HYDROGEN_KEYS + ("vmic",)
-        )
+        hyd, by_key = hydrogen_opacity(self.hydrogen_grid, state, partials=True)
+        hyd_partials = {(key, 0): value for key, value in by_key.items()}
 
         def tangent_of(key: str, row: int) -> torch.Tensor:
             t = jac[key]
@@ -625,12 +593,10 @@ class Synthesizer:
         hyd_stack = torch.stack(list(hyd_partials.values()))
 
         # continuum flux and its gradients on the continuum grid
-        with torch.enable_grad():
-            fc, (kc, rho, mass, temp) = self._continuum_flux(state, cont, leaves=True)
-            fc.sum().backward()
-        sens = [rho.grad, mass.grad, temp.grad] + [kc.grad * p for p in cont_partials.values()]
+        fc, d_kappa, *d_structure = self._continuum_flux(state, cont, sensitivities=True)
+        sens = d_structure + [d_kappa * p for p in cont_partials.values()]
         dfc = torch.einsum("qcd,qdk->ck", torch.stack(sens), cont_tangents)
-        fc_fine = self._interp_all(fc.detach())
+        fc_fine = self._interp_all(fc)
         dfc_fine = self._interp_all(dfc)
 
         flux = torch.empty(n_fine, dtype=cfg.dtype)
@@ -638,15 +604,12 @@ class Synthesizer:
         g_line = torch.empty(n_fine, n_depth, dtype=cfg.dtype)
         for start in range(0, n_fine, cfg.chunk):
             stop = min(start + cfg.chunk, n_fine)
-            with torch.enable_grad():
-                f, (total, kh, kl, rho, mass, temp) = self._chunk_flux(
-                    start, stop, state, cont, hyd, kappa_line, leaves=True
-                )
-                f.sum().backward()
-            flux[start:stop] = f.detach()
-            g = total.grad  # d F / d kappa for every opacity source
-            g_line[start:stop] = g
-            sens = torch.stack([rho.grad, mass.grad, temp.grad])
+            f, g, *d_structure = self._chunk_flux(
+                start, stop, state, cont, hyd, kappa_line, sensitivities=True
+            )
+            flux[start:stop] = f
+            g_line[start:stop] = g  # d F / d kappa for every opacity source
+            sens = torch.stack(d_structure)
             dflux[start:stop] += torch.einsum("qld,qdk->lk", sens, cont_tangents[:3])
             dflux[start:stop] += self._contract_interpolated(
                 g, lambda a, b: cont_nodes[a:b], cfg.continuum_stride, start, stop
@@ -718,28 +681,21 @@ class Synthesizer:
         # d (T, n_e, n_HI) / d label stacked along depth: (3 D, K)
         d_state_cat = torch.cat([jac["temperature"], jac["electron_density"], jac["n_hi"]]).to(dt)
         d_vmic = jac["vmic"].to(dt)
+        kw = self._kernel_args(dt)
         for core, half, idx in self._line_chunks(plan):
             sub = plan.lines.subset(idx)
             params = line_parameters(state, sub)
             coef = line_tangent_coefficients(state, sub, params)
-            pix, valid, values, nodes, wings = self._line_profile(
-                plan, idx, core, half, params, derivatives=True
+            pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = self._core_inputs(
+                plan, idx, core, half
             )
             g = _take(g_pad, torch.where(valid, pix, n_fine))  # (Lc, W, D); 0 where invalid
-            kappa, k_width, k_damping = (g * x for x in values)
-            c = {k: v[:, None, :].to(dt) for k, v in coef.items()}
             # the line-parameter tangents, never formed per line (coefficients of
             # line_tangent_coefficients): the T, n_e, n_HI parts in one matmul for all lines ...
-            by_state = torch.cat(
-                [
-                    kappa * c["amp_t"] + k_width * c["width_t"] + k_damping * c["damping_t"],
-                    k_damping * c["damping_ne"],
-                    k_damping * c["damping_nh"],
-                ],
-                dim=2,
+            by_state, by_vmic, kappa = CORE_GRADIENT_TERMS(
+                dl, edges, ramps, valid, *params, g, coef, **kw
             )
             contrib = by_state.reshape(-1, 3 * n_depth) @ d_state_cat
-            by_vmic = (k_width * c["width_vmic"] + k_damping * c["damping_vmic"]).sum(dim=2)
             contrib += by_vmic.reshape(-1, 1) * d_vmic
             # ... and the population part per species (lines sorted by species in the plan)
             kappa = kappa.reshape(len(idx), -1)
@@ -755,7 +711,10 @@ class Synthesizer:
             )
             if nodes is None:
                 continue
-            kappa, k_width, k_damping = (x.to(g_line.dtype) for x in wings)  # (Lc, nodes, D)
+            wings = LINE_PROFILE(wing_dl, *params, far=True, derivatives=True, **kw)
+            kappa, k_width, k_damping = (
+                (x * node_valid[:, :, None]).to(g_line.dtype) for x in wings
+            )  # (Lc, nodes, D)
             c = {k: v[:, None, :] for k, v in coef.items()}
             row = local[sub.species_index][:, None, None] * n_nodes + nodes[:, :, None]
             pop_sums.index_add_(0, (row * n_depth + depth).reshape(-1), kappa.reshape(-1))
@@ -814,6 +773,17 @@ class Synthesizer:
                 (ln_out.size, ln_fine.size),
                 check_invariants=False,
             )
+
+
+def fine_grid(wavelength: np.ndarray, resolution: float, config: SynthConfig):
+    """(first wavelength [A], ln step, pixel count) of the internal log-uniform fine grid for
+    output `wavelength` at resolving power `resolution`."""
+    sigma_ln = 1.0 / (resolution * 2.0 * math.sqrt(2.0 * math.log(2.0)))
+    lo = float(wavelength[0]) * math.exp(-5 * sigma_ln) - config.margin
+    hi = float(wavelength[-1]) * math.exp(5 * sigma_ln) + config.margin
+    ln_step = config.fine_step / lo
+    stride = math.lcm(config.continuum_stride, config.hydrogen_stride, max(config.wing_stride, 1))
+    return lo, ln_step, int(math.ceil(math.log(hi / lo) / ln_step / stride)) * stride + 1
 
 
 def _bucket_size(n: torch.Tensor) -> torch.Tensor:

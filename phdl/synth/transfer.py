@@ -22,7 +22,9 @@ def expint_e1(x: torch.Tensor) -> torch.Tensor:
     """Exponential integral E1(x) for x > 0 (relative error < 2e-7)."""
     xs = x.clamp(max=1.0)
     a = _E1_SMALL
-    small = -torch.log(xs) + (a[0] + xs * (a[1] + xs * (a[2] + xs * (a[3] + xs * (a[4] + xs * a[5])))))
+    small = -torch.log(xs) + (
+        a[0] + xs * (a[1] + xs * (a[2] + xs * (a[3] + xs * (a[4] + xs * a[5]))))
+    )
     xl = x.clamp(min=1.0)
     num = (((xl + _E1_NUM[0]) * xl + _E1_NUM[1]) * xl + _E1_NUM[2]) * xl + _E1_NUM[3]
     den = (((xl + _E1_DEN[0]) * xl + _E1_DEN[1]) * xl + _E1_DEN[2]) * xl + _E1_DEN[3]
@@ -43,8 +45,10 @@ def expint_e234(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 def optical_depth(kappa_mass: torch.Tensor, column_mass: torch.Tensor) -> torch.Tensor:
     """tau (..., D) from opacity per gram (..., D) on the column-mass scale (D,) or (..., D)."""
     top = kappa_mass[..., :1] * column_mass[..., :1]
-    steps = 0.5 * (kappa_mass[..., 1:] + kappa_mass[..., :-1]) * (
-        column_mass[..., 1:] - column_mass[..., :-1]
+    steps = (
+        0.5
+        * (kappa_mass[..., 1:] + kappa_mass[..., :-1])
+        * (column_mass[..., 1:] - column_mass[..., :-1])
     )
     return torch.cumsum(torch.cat([top, steps], dim=-1), dim=-1)
 
@@ -62,3 +66,43 @@ def emergent_flux(tau: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     top = source[..., 0] * (0.5 - e3[..., 0])
     bottom = source[..., -1] * e3[..., -1]
     return top + inner + bottom
+
+
+def planck_flux(
+    kappa: torch.Tensor,
+    rho: torch.Tensor,
+    column_mass: torch.Tensor,
+    temperature: torch.Tensor,
+    c2_over_lambda: torch.Tensor,
+) -> torch.Tensor:
+    """Emergent flux / (2 pi) (L,) of opacity kappa [cm^-1] (L, D) on a model atmosphere.
+
+    rho [g cm^-3], column_mass [g cm^-2], temperature [K]: (D,) or (L, D); c2_over_lambda =
+    hc / (k lambda) [K] (L,). S = B_lambda up to a wavelength-only factor (it cancels in the
+    normalised flux).
+    """
+    tau = optical_depth(kappa / rho, column_mass)
+    return emergent_flux(tau, 1.0 / torch.expm1(c2_over_lambda[:, None] / temperature))
+
+
+def planck_flux_and_sensitivities(
+    kappa: torch.Tensor,
+    rho: torch.Tensor,
+    column_mass: torch.Tensor,
+    temperature: torch.Tensor,
+    c2_over_lambda: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """planck_flux and its partials by kappa, rho, column_mass and temperature, each (L, D).
+
+    Each wavelength's flux depends only on its own opacities, so one reverse pass of the
+    summed flux gives every d F(lambda) / d x(lambda, d) (inputs given per wavelength).
+    """
+    shape = kappa.shape
+    inputs = (kappa, rho.expand(shape), column_mass.expand(shape), temperature.expand(shape))
+
+    def total(k, r, m, t):
+        flux = planck_flux(k, r, m, t, c2_over_lambda)
+        return flux.sum(), flux
+
+    grads, flux = torch.func.grad(total, argnums=(0, 1, 2, 3), has_aux=True)(*inputs)
+    return (flux, *grads)
