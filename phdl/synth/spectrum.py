@@ -98,7 +98,8 @@ class SynthConfig:
     min_half_width: float = 0.1  # Angstrom
     max_half_width: float = 20.0  # Angstrom; strong lines need >= 2 A (DESIGN section 8)
     strong_half_width: float = 3.0  # Angstrom, at least, for lines with peak ratio > 100
-    continuum_stride: int = 100  # fine steps per continuum node
+    #: fine steps per continuum node (a multiple of the hydrogen and wing strides)
+    continuum_stride: int = 96
     wing_stride: int = 8  # fine steps per far-wing node (0: every line on the fine grid)
     core_half_width: int = 32  # fine steps, at least: lines with wider windows get coarse wings
     hydrogen_stride: int = 8  # fine steps per hydrogen node
@@ -602,6 +603,7 @@ class Synthesizer:
         flux = torch.empty(n_fine, dtype=cfg.dtype)
         dflux = torch.zeros(n_fine, k_labels, dtype=cfg.dtype)
         g_line = torch.empty(n_fine, n_depth, dtype=cfg.dtype)
+        structure_tangents = cont_tangents[:3].reshape(-1, k_labels)  # (3 D, K)
         for start in range(0, n_fine, cfg.chunk):
             stop = min(start + cfg.chunk, n_fine)
             f, g, *d_structure = self._chunk_flux(
@@ -609,19 +611,35 @@ class Synthesizer:
             )
             flux[start:stop] = f
             g_line[start:stop] = g  # d F / d kappa for every opacity source
-            sens = torch.stack(d_structure)
-            dflux[start:stop] += torch.einsum("qld,qdk->lk", sens, cont_tangents[:3])
-            dflux[start:stop] += self._contract_interpolated(
-                g, lambda a, b: cont_nodes[a:b], cfg.continuum_stride, start, stop
-            )
-            dflux[start:stop] += self._contract_interpolated(
-                g,
+            dflux[start:stop] += torch.cat(d_structure, dim=1) @ structure_tangents
+        wing_nodes = self._line_gradients(state, jac, plan, g_line, dflux)
+        # every opacity interpolated from nodes (continuum, hydrogen, line wings): their
+        # tangents are summed on the nodes of the finest stride (linear interpolation from a
+        # coarser stride that it divides is exact there), then contracted with G once
+        tables = [
+            (lambda a, b: cont_nodes[a:b], cfg.continuum_stride),
+            (
                 lambda a, b: torch.einsum("qjd,qdk->jdk", hyd_stack[:, a:b], hyd_tangents),
                 cfg.hydrogen_stride,
-                start,
-                stop,
+            ),
+        ]
+        if wing_nodes is not None:
+            tables.append((wing_nodes, cfg.wing_stride))
+        base = math.gcd(*(stride for _, stride in tables))
+        n_base = (n_fine - 1) // base + 1
+
+        def node_tangents(first: int, stop: int) -> torch.Tensor:
+            stop = min(stop, n_base)
+            return sum(
+                self._upsample(values, stride, (n_fine - 1) // stride + 1, base, first, stop)
+                for values, stride in tables
             )
-        self._line_gradients(state, jac, plan, g_line, dflux)
+
+        for start in range(0, n_fine, cfg.chunk):
+            stop = min(start + cfg.chunk, n_fine)
+            dflux[start:stop] += self._contract_interpolated(
+                g_line[start:stop], node_tangents, base, start, stop
+            )
         # normalise: f = F / Fc  =>  df = dF / Fc - F dFc / Fc^2
         norm = flux / fc_fine
         dnorm = dflux / fc_fine[:, None] - (norm / fc_fine)[:, None] * dfc_fine
@@ -629,6 +647,21 @@ class Synthesizer:
             return norm, dnorm.T
         out = self._kernel @ torch.cat([norm[:, None], dnorm], dim=1)
         return out[:, 0], out[:, 1:].T.contiguous()
+
+    @staticmethod
+    def _upsample(values, stride: int, n_nodes: int, base: int, first: int, stop: int):
+        """Node values values(a, b) -> (b - a, ...) on a grid of `stride` fine steps,
+        interpolated linearly to the nodes first..stop-1 of a grid of `base` steps (a divisor
+        of `stride`: the interpolated opacity, piecewise linear on the coarse nodes, is then
+        piecewise linear on the base nodes too, and the interpolation is exact)."""
+        if stride == base:
+            return values(first, stop)
+        pix = torch.arange(first, stop) * base
+        i0 = torch.div(pix, stride, rounding_mode="floor").clamp(max=n_nodes - 2)
+        a = int(i0[0])
+        block = values(a, int(i0[-1]) + 2)
+        t = ((pix - i0 * stride).to(block.dtype) / stride).reshape(-1, *([1] * (block.dim() - 1)))
+        return block[i0 - a] * (1 - t) + block[i0 + 1 - a] * t
 
     @staticmethod
     def _contract_interpolated(g, nodes, stride: int, start: int, stop: int) -> torch.Tensor:
@@ -650,8 +683,9 @@ class Synthesizer:
         out = torch.bmm(rows * (1 - t), table[:n_nodes]) + torch.bmm(rows * t, table[1:])
         return out.reshape(-1, out.shape[-1])[pad : pad + stop - start]
 
-    def _line_gradients(self, state, jac, plan, g_line, dflux) -> None:
-        """Add sum_d G(lambda, d) d kappa_line(lambda, d)/d label (exact).
+    def _line_gradients(self, state, jac, plan, g_line, dflux):
+        """Add sum_d G(lambda, d) d kappa_line(lambda, d)/d label of the line cores (exact);
+        return the tangents of the coarse wings on their nodes (or None without wings).
 
         Line cores: line by line, (pixels, 3 D) partials times d F / d kappa in one batched
         matmul with the (3 D, K) line-parameter tangents. Coarse wings (line_opacity adds them
@@ -659,22 +693,25 @@ class Synthesizer:
         interpolated the same way, so it is summed over all lines on the wing nodes first,
         sum_lines d kappa(node, d) / d label = sum_species P_s(node, d) J_s(d, k) + sum_x
         U_x(node, d) dx(d, k) (J_s = d ln population / d label, x = T, n_e, n_HI, vmic), and
-        contracted with G once per fine pixel (_contract_interpolated), whatever the number of
-        lines.
+        contracted with G once per fine pixel by the caller, whatever the number of lines.
+        P_s is kept only on the (node, species) pairs some wing reaches (~5% of all).
         """
         dt = self.config.gradient_dtype
         g_pad = torch.cat([g_line.to(dt), torch.zeros_like(g_line[:1], dtype=dt)])
         n_depth, n_fine = g_line.shape[1], g_line.shape[0]
         stride = max(self.config.wing_stride, 1)
         n_nodes = (n_fine - 1) // stride + 1
-        wing_lines = [idx for _, _, idx in plan.wing_buckets]
-        species = (
-            torch.unique(plan.lines.species_index[torch.cat(wing_lines)]) if wing_lines else None
-        )
-        if species is not None:
-            local = torch.full((int(plan.lines.species_index.max()) + 1,), -1, dtype=torch.long)
-            local[species] = torch.arange(len(species))
-            pop_sums = torch.zeros(len(species) * n_nodes * n_depth, dtype=g_line.dtype)
+        n_species = int(plan.lines.species_index.max()) + 1
+        # the (node, species) pairs of the wings, node-major: key = node * n_species + species
+        keys = [
+            (nodes * n_species + plan.lines.species_index[idx][:, None])[node_valid]
+            for core, half, idx in self._line_chunks(plan)
+            if core
+            for _, _, _, _, nodes, node_valid in [self._line_windows(plan, idx, core, half)]
+        ]
+        keys = torch.unique(torch.cat(keys)) if keys else None
+        if keys is not None:
+            pop_sums = torch.zeros(len(keys), n_depth, dtype=g_line.dtype)
             state_sums = torch.zeros(4, n_nodes, n_depth, dtype=g_line.dtype)  # T, ne, nHI, vmic
         depth = torch.arange(n_depth)
         d_pop_all = jac["ln_population"].to(dt)  # (species, D, K)
@@ -716,8 +753,10 @@ class Synthesizer:
                 (x * node_valid[:, :, None]).to(g_line.dtype) for x in wings
             )  # (Lc, nodes, D)
             c = {k: v[:, None, :] for k, v in coef.items()}
-            row = local[sub.species_index][:, None, None] * n_nodes + nodes[:, :, None]
-            pop_sums.index_add_(0, (row * n_depth + depth).reshape(-1), kappa.reshape(-1))
+            pair = torch.searchsorted(keys, nodes * n_species + sub.species_index[:, None])
+            pop_sums.index_add_(
+                0, pair[node_valid], kappa[node_valid]
+            )  # invalid nodes: kappa is 0 and the key may not exist
             flat = (nodes[:, :, None] * n_depth + depth).reshape(-1)
             for i, x in enumerate(
                 (
@@ -728,10 +767,9 @@ class Synthesizer:
                 )
             ):
                 state_sums[i].view(-1).index_add_(0, flat, x.reshape(-1))
-        if species is None:
-            return
-        pop_sums = pop_sums.reshape(len(species), n_nodes, n_depth)
-        d_pop = jac["ln_population"][species]  # (S, D, K)
+        if keys is None:
+            return None
+        d_pop = jac["ln_population"]  # (species, D, K)
         d_state = torch.stack(
             [jac["temperature"], jac["electron_density"], jac["n_hi"]]
             + [jac["vmic"][None, :].expand(n_depth, -1)]
@@ -739,15 +777,16 @@ class Synthesizer:
 
         def node_tangents(first: int, stop: int) -> torch.Tensor:
             """d (wing opacity on nodes first..stop-1) / d label, (nodes, D, K)."""
-            return torch.einsum("sjd,sdk->jdk", pop_sums[:, first:stop], d_pop) + torch.einsum(
-                "qjd,qdk->jdk", state_sums[:, first:stop], d_state
-            )
+            out = torch.einsum("qjd,qdk->jdk", state_sums[:, first:stop], d_state)
+            lo, hi = torch.searchsorted(
+                keys, torch.tensor([first * n_species, stop * n_species])
+            ).tolist()
+            pairs = keys[lo:hi]
+            node = torch.div(pairs, n_species, rounding_mode="floor") - first
+            terms = pop_sums[lo:hi, :, None] * d_pop[pairs % n_species]  # (pairs, D, K)
+            return out.index_add_(0, node, terms)
 
-        for start in range(0, n_fine, self.config.chunk):
-            stop = min(start + self.config.chunk, n_fine)
-            dflux[start:stop] += self._contract_interpolated(
-                g_line[start:stop], node_tangents, stride, start, stop
-            )
+        return node_tangents
 
     # ------------------------------------------------------------------ instrument
     def _sampling_matrix(self, sigma_ln: float) -> torch.Tensor:
