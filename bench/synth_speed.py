@@ -6,7 +6,9 @@ per-spectrum overhead, and the wall time of a 1000-spectrum `phdl synth` grid on
     python bench/synth_speed.py --grid-spectra 8   # also run `phdl synth` on 8 spectra for real
 
 Times are best-of-N wall seconds (and the process CPU seconds of that run); on a shared host
-the load average is printed with them, since other jobs slow every number here.
+the load average is printed with them, since other jobs slow every number here. Each range is
+timed eager and with the torch.compile'd kernels (SynthConfig.compile); "first call" includes
+the compilation (long with a cold cache: TORCHINDUCTOR_CACHE_DIR, ~/.cache by default).
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ def time_spectra(
     inputs = default_inputs(0.2)
     with torch.device(device):
         synth = Synthesizer(inputs, wavelength=lamost_wavelength(lo, hi), config=config)
-        synth.synthesize(labels, gradients=True)  # warm-up: first-call imports and caches
-        out = {}
+        start = time.perf_counter()
+        synth.synthesize(labels, gradients=True)  # warm-up: imports, caches, compilation
+        out = {"first call": (time.perf_counter() - start, float("nan"))}
         for gradients in (False, True):
             out["with gradients" if gradients else "flux only"] = best_of(
                 lambda g=gradients: synth.synthesize(labels, gradients=g), repeats
@@ -106,20 +109,27 @@ def main() -> None:
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
-    config = SynthConfig(depth_stride=args.depth_stride)
+    configs = {
+        mode: SynthConfig(depth_stride=args.depth_stride, compile=mode == "compiled")
+        for mode in ("eager", "compiled")
+    }
     print(f"phdl.synth speed: {args.threads} threads, device {args.device}, {load()}")
     print(f"star {STAR}, best of {args.repeats} (wall s / CPU s)")
     ranges = [("demo window", DEMO_RANGE), ("50 A window", SMALL_RANGE)]
     if not args.skip_full:
         ranges.insert(0, ("full range", FULL_RANGE))
     for name, (lo, hi) in ranges:
-        for kind, (wall, cpu) in time_spectra(
-            lo, hi, STAR, args.repeats, config, args.device
-        ).items():
-            print(
-                f"  {name:12s} {lo:.0f}-{hi:.0f} A  {kind:15s} {wall:7.2f} s  (CPU {cpu:6.2f} s;"
-                f" {args.threads} threads, {load()})"
-            )
+        times = {}
+        for mode, config in configs.items():
+            times[mode] = time_spectra(lo, hi, STAR, args.repeats, config, args.device)
+            for kind, (wall, cpu) in times[mode].items():
+                print(
+                    f"  {name:12s} {lo:.0f}-{hi:.0f} A  {mode:8s} {kind:15s} {wall:7.2f} s"
+                    f"  (CPU {cpu:6.2f} s; {args.threads} threads, {load()})"
+                )
+        for kind in ("flux only", "with gradients"):
+            ratio = times["eager"][kind][0] / times["compiled"][kind][0]
+            print(f"  {name:12s} compiled is {ratio:.2f}x faster than eager ({kind}, same run)")
     if args.device != "cpu" or args.grid_stars < 1 or args.workers < 1:
         return  # --grid-stars 0 / --workers 0: one-spectrum timings only
     per = projected_grid(*DEMO_RANGE, args.grid_stars, args.workers, args.seed)

@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         choices=("auto", "on", "off"),
         default="auto",
-        help="torch.compile the synthesis kernels (same numbers, ~1.6x faster, but ~75 s of"
+        help="torch.compile the synthesis kernels (same numbers, 2-2.5x faster, but ~100 s of"
         " compilation per worker on a cold cache); auto: on when each worker makes at least"
-        f" {COMPILE_PAYS:.0e} fine-pixel spectra (~60 full-range LAMOST spectra)",
+        f" {COMPILE_PAYS:.0e} fine-pixel spectra (~24 full-range LAMOST spectra)",
     )
     p.add_argument(
         "--inputs",
@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: fine pixels x spectra per worker above which compiling the kernels pays back even with a
-#: cold compiler cache (measured on 2 cores: compiled 4.6 s against eager 7.3 s per full-range
-#: spectrum with gradients, 167k fine pixels; ~75 s of compilation)
-COMPILE_PAYS = 1e7
+#: cold compiler cache (bench/synth_speed.py, 2 cores, 2026-12-06: a full-range spectrum with
+#: gradients 4.5 s compiled against 9.1 s eager, 167k fine pixels; compilation ~40 s with a
+#: warm cache, ~100 s cold: ~24 full-range spectra, or ~185 of the demo's 400 A window)
+COMPILE_PAYS = 4e6
 
 
 def compile_pays(choice: str, wavelength, resolution: float, args, per_worker: float) -> bool:

@@ -113,8 +113,8 @@ class SynthConfig:
     gradient_dtype: torch.dtype = torch.float32
     dtype: torch.dtype = torch.float64
     #: fuse the line-opacity and transfer kernels with torch.compile (phdl.synth.kernels):
-    #: ~1.6x faster per spectrum, but the first call compiles (~75 s on 2 cores with a cold
-    #: cache, ~15 s with the cache warm), so it pays for grids, not for one spectrum;
+    #: 2-2.5x faster per spectrum with gradients, 3-4x without, but the first call compiles
+    #: (~100 s on 2 cores with a cold cache, ~15-40 s warm): it pays for grids, not one spectrum;
     #: `phdl synth --compile auto` decides from the size of the run
     compile: bool = False
 
