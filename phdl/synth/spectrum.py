@@ -490,13 +490,18 @@ class Synthesizer:
     def _continuum_flux(self, state, cont, sensitivities: bool = False):
         """Continuum flux on the continuum grid (smooth: interpolated to the fine grid); with
         `sensitivities` also its partials by kappa, rho, column mass and T (transfer.py)."""
+        return self._transfer(cont, self.continuum_grid, state, sensitivities)
+
+    def _transfer(self, kappa, wavelength, state, sensitivities: bool):
+        """transfer.planck_flux (or planck_flux_and_sensitivities) of opacity kappa (L, D) at
+        `wavelength` (L,) through the compiled kernels."""
         kernel = PLANCK_FLUX_AND_SENSITIVITIES if sensitivities else PLANCK_FLUX
         return kernel(
-            cont,
+            kappa,
             state["rho"],
             state["column_mass"],
             state["temperature"],
-            HC_OVER_K_ANGSTROM / self.continuum_grid,
+            HC_OVER_K_ANGSTROM / wavelength,
             compile=self.config.compile,
         )
 
@@ -517,15 +522,7 @@ class Synthesizer:
             + self._interp(hyd, cfg.hydrogen_stride, start, stop)
             + kappa_line[start:stop]
         )
-        kernel = PLANCK_FLUX_AND_SENSITIVITIES if sensitivities else PLANCK_FLUX
-        return kernel(
-            kappa,
-            state["rho"],
-            state["column_mass"],
-            state["temperature"],
-            HC_OVER_K_ANGSTROM / self.fine[start:stop],
-            compile=cfg.compile,
-        )
+        return self._transfer(kappa, self.fine[start:stop], state, sensitivities)
 
     def _state_partials(self, fn, grid, state, keys) -> dict[tuple[str, int], torch.Tensor]:
         """d fn(grid, state)(lambda, d) / d state[key][row, d] (diagonal in depth), per key/row.
