@@ -103,8 +103,9 @@ def faddeeva(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """w(v + i a) for a >= 0 as (real, imag) tensors: table Taylor inside |z| < 6.5, series outside.
 
-    Both branches are evaluated everywhere and blended elementwise (no gathers and scatters by
-    region), so that torch.compile fuses the whole function into one loop (phdl.synth.kernels).
+    Under torch.compile both branches are evaluated everywhere and blended elementwise (no
+    gathers and scatters by region), so that the whole function fuses into one loop
+    (phdl.synth.kernels); eagerly each branch runs only on its own points.
     `far`: every |v + i a| >= 6.5 is known (line wings), the series alone. `table`:
     taylor_table(v.dtype, device), passed in by compiled callers (it is built with scipy).
     """
@@ -112,6 +113,22 @@ def faddeeva(
     a = a.expand_as(x)
     if far:
         re, im = _faddeeva_asymptotic(x, a)
+    elif not torch.compiler.is_compiling():
+        # eager: each branch only where it applies (gathers and scatters are cheaper here than
+        # evaluating both branches everywhere; compiled, the blend below is one fused loop)
+        table = table if table is not None else taylor_table(x.dtype, str(x.device))
+        flat_x, flat_a = x.reshape(-1), a.reshape(-1)
+        inside = flat_x * flat_x + flat_a * flat_a < _ASYMPTOTIC_RADIUS**2
+        re, im = torch.empty_like(flat_x), torch.empty_like(flat_x)
+        for idx, fn in (
+            (torch.nonzero(inside)[:, 0], lambda x_, a_: _faddeeva_taylor(x_, a_, table)),
+            (torch.nonzero(~inside)[:, 0], _faddeeva_asymptotic),
+        ):
+            if idx.numel():
+                r, i = fn(flat_x.index_select(0, idx), flat_a.index_select(0, idx))
+                re.index_copy_(0, idx, r)
+                im.index_copy_(0, idx, i)
+        re, im = re.reshape(x.shape), im.reshape(x.shape)
     else:
         table = table if table is not None else taylor_table(x.dtype, str(x.device))
         inside = x * x + a * a < _ASYMPTOTIC_RADIUS**2
