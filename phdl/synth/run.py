@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         choices=("auto", "on", "off"),
         default="auto",
-        help="torch.compile the synthesis kernels (same numbers, 2-2.5x faster, but ~100 s of"
+        help="torch.compile the synthesis kernels (same numbers, ~2x faster, but ~100 s of"
         " compilation per worker on a cold cache); auto: on when each worker makes at least"
-        f" {COMPILE_PAYS:.0e} fine-pixel spectra (~24 full-range LAMOST spectra)",
+        f" {COMPILE_PAYS:.0e} fine-pixel spectra (~48 full-range LAMOST spectra)",
     )
     p.add_argument(
         "--inputs",
@@ -106,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: fine pixels x spectra per worker above which compiling the kernels pays back even with a
 #: cold compiler cache (bench/synth_speed.py, 2 cores, 2026-12-06: a full-range spectrum with
-#: gradients 4.5 s compiled against 9.1 s eager, 167k fine pixels; compilation ~40 s with a
-#: warm cache, ~100 s cold: ~24 full-range spectra, or ~185 of the demo's 400 A window)
-COMPILE_PAYS = 4e6
+#: gradients 3.9 s compiled against 7.8 s eager, 167k fine pixels; compilation ~100 s cold,
+#: 15-40 s warm: ~48 full-range spectra, or ~370 of the demo's 400 A window)
+COMPILE_PAYS = 8e6
 
 
 def compile_pays(choice: str, wavelength, resolution: float, args, per_worker: float) -> bool:

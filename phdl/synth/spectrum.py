@@ -113,7 +113,7 @@ class SynthConfig:
     gradient_dtype: torch.dtype = torch.float32
     dtype: torch.dtype = torch.float64
     #: fuse the line-opacity and transfer kernels with torch.compile (phdl.synth.kernels):
-    #: 2-2.5x faster per spectrum with gradients, 3-4x without, but the first call compiles
+    #: ~2x faster per spectrum (with or without gradients), but the first call compiles
     #: (~100 s on 2 cores with a cold cache, ~15-40 s warm): it pays for grids, not one spectrum;
     #: `phdl synth --compile auto` decides from the size of the run
     compile: bool = False
