@@ -146,9 +146,12 @@ class Kernel:
             return self._compiled(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any compiler failure: run it uncompiled
             self._compiled = False
+            # inductor wraps the cause: its first line is "backend='inductor' raised:"
+            cause = error.__cause__ or error
+            lines = [line for line in str(cause).splitlines() if line.strip()]
             warnings.warn(
-                f"phdl.synth: torch.compile of {self.fn.__name__} failed ({type(error).__name__}:"
-                f" {str(error).splitlines()[0] if str(error) else ''}); running it uncompiled"
+                f"phdl.synth: torch.compile of {self.fn.__name__} failed ({type(cause).__name__}:"
+                f" {lines[0] if lines else ''}); running it uncompiled"
                 " (same numbers, several times slower; SynthConfig(compile=False) skips the try)",
                 RuntimeWarning,
                 stacklevel=2,

@@ -435,9 +435,10 @@ class Synthesizer:
         n_depth = state["temperature"].shape[0]
         n_fine = self.fine.shape[0]
         stride = max(self.config.wing_stride, 1)
-        kappa = torch.zeros(n_fine * n_depth, dtype=self.config.dtype)
-        wings = torch.zeros(((n_fine - 1) // stride + 1) * n_depth, dtype=self.config.dtype)
-        depth = torch.arange(n_depth)
+        # rows of depth values are added at once (index_add_ along dim 0 is ~4x faster than
+        # the same additions as one flat scatter)
+        kappa = torch.zeros(n_fine, n_depth, dtype=self.config.dtype)
+        wings = torch.zeros((n_fine - 1) // stride + 1, n_depth, dtype=self.config.dtype)
         kw = self._kernel_args(self.config.dtype)
         with torch.no_grad():
             for core, half, idx in self._line_chunks(plan):
@@ -446,14 +447,14 @@ class Synthesizer:
                     plan, idx, core, half
                 )
                 (k,) = CORE_PROFILE(dl, edges, ramps, valid, *params, derivatives=False, **kw)
-                kappa.index_add_(0, (pix[:, :, None] * n_depth + depth).reshape(-1), k.reshape(-1))
+                kappa.index_add_(0, pix.reshape(-1), k.reshape(-1, n_depth))
                 if nodes is not None:
                     (wing,) = LINE_PROFILE(wing_dl, *params, far=True, derivatives=False, **kw)
-                    flat = (nodes[:, :, None] * n_depth + depth).reshape(-1)
-                    wings.index_add_(0, flat, (wing * node_valid[:, :, None]).reshape(-1))
-            kappa = kappa.reshape(n_fine, n_depth)
+                    wings.index_add_(
+                        0, nodes.reshape(-1), (wing * node_valid[:, :, None]).reshape(-1, n_depth)
+                    )
             if plan.wing_buckets:
-                kappa += self._interp(wings.reshape(-1, n_depth), stride, 0, n_fine)
+                kappa += self._interp(wings, stride, 0, n_fine)
         return kappa
 
     # ------------------------------------------------------------------ synthesis
@@ -583,11 +584,7 @@ class Synthesizer:
         ]
         cont_tangents = torch.stack(structure + [tangent_of(*key) for key in cont_partials])
         hyd_tangents = torch.stack([tangent_of(*key) for key in hyd_partials])
-        # d opacity / d label on the continuum and hydrogen nodes, (nodes, D, K): contracted
-        # with d F / d kappa per node pair (_contract_interpolated), never on the fine grid
-        cont_nodes = torch.einsum(
-            "qjd,qdk->jdk", torch.stack(list(cont_partials.values())), cont_tangents[3:]
-        )
+        cont_stack = torch.stack(list(cont_partials.values()))
         hyd_stack = torch.stack(list(hyd_partials.values()))
 
         # continuum flux and its gradients on the continuum grid
@@ -610,33 +607,22 @@ class Synthesizer:
             g_line[start:stop] = g  # d F / d kappa for every opacity source
             dflux[start:stop] += torch.cat(d_structure, dim=1) @ structure_tangents
         wing_nodes = self._line_gradients(state, jac, plan, g_line, dflux)
-        # every opacity interpolated from nodes (continuum, hydrogen, line wings): their
-        # tangents are summed on the nodes of the finest stride (linear interpolation from a
-        # coarser stride that it divides is exact there), then contracted with G once
-        tables = [
-            (lambda a, b: cont_nodes[a:b], cfg.continuum_stride),
-            (
-                lambda a, b: torch.einsum("qjd,qdk->jdk", hyd_stack[:, a:b], hyd_tangents),
-                cfg.hydrogen_stride,
-            ),
+        # every opacity interpolated from nodes (continuum, hydrogen, line wings): per node
+        # (Q, nodes, D) partials by Q state entries and their (Q, D, K) tangents; the sources
+        # on the same nodes are contracted with G together, each stride on its own nodes
+        sources = [
+            (cfg.continuum_stride, lambda a, b: (cont_stack[:, a:b], cont_tangents[3:])),
+            (cfg.hydrogen_stride, lambda a, b: (hyd_stack[:, a:b], hyd_tangents)),
         ]
         if wing_nodes is not None:
-            tables.append((wing_nodes, cfg.wing_stride))
-        base = math.gcd(*(stride for _, stride in tables))
-        n_base = (n_fine - 1) // base + 1
-
-        def node_tangents(first: int, stop: int) -> torch.Tensor:
-            stop = min(stop, n_base)
-            return sum(
-                self._upsample(values, stride, (n_fine - 1) // stride + 1, base, first, stop)
-                for values, stride in tables
-            )
-
-        for start in range(0, n_fine, cfg.chunk):
-            stop = min(start + cfg.chunk, n_fine)
-            dflux[start:stop] += self._contract_interpolated(
-                g_line[start:stop], node_tangents, base, start, stop
-            )
+            sources.append((cfg.wing_stride, wing_nodes))
+        for stride in sorted({s for s, _ in sources}):
+            table = _node_table([fn for s, fn in sources if s == stride])
+            for start in range(0, n_fine, cfg.chunk):
+                stop = min(start + cfg.chunk, n_fine)
+                dflux[start:stop] += self._contract_interpolated(
+                    g_line[start:stop], table, stride, start, stop
+                )
         # normalise: f = F / Fc  =>  df = dF / Fc - F dFc / Fc^2
         norm = flux / fc_fine
         dnorm = dflux / fc_fine[:, None] - (norm / fc_fine)[:, None] * dfc_fine
@@ -644,21 +630,6 @@ class Synthesizer:
             return norm, dnorm.T
         out = self._kernel @ torch.cat([norm[:, None], dnorm], dim=1)
         return out[:, 0], out[:, 1:].T.contiguous()
-
-    @staticmethod
-    def _upsample(values, stride: int, n_nodes: int, base: int, first: int, stop: int):
-        """Node values values(a, b) -> (b - a, ...) on a grid of `stride` fine steps,
-        interpolated linearly to the nodes first..stop-1 of a grid of `base` steps (a divisor
-        of `stride`: the interpolated opacity, piecewise linear on the coarse nodes, is then
-        piecewise linear on the base nodes too, and the interpolation is exact)."""
-        if stride == base:
-            return values(first, stop)
-        pix = torch.arange(first, stop) * base
-        i0 = torch.div(pix, stride, rounding_mode="floor").clamp(max=n_nodes - 2)
-        a = int(i0[0])
-        block = values(a, int(i0[-1]) + 2)
-        t = ((pix - i0 * stride).to(block.dtype) / stride).reshape(-1, *([1] * (block.dim() - 1)))
-        return block[i0 - a] * (1 - t) + block[i0 + 1 - a] * t
 
     @staticmethod
     def _contract_interpolated(g, nodes, stride: int, start: int, stop: int) -> torch.Tensor:
@@ -709,8 +680,8 @@ class Synthesizer:
         keys = torch.unique(torch.cat(keys)) if keys else None
         if keys is not None:
             pop_sums = torch.zeros(len(keys), n_depth, dtype=g_line.dtype)
-            state_sums = torch.zeros(4, n_nodes, n_depth, dtype=g_line.dtype)  # T, ne, nHI, vmic
-        depth = torch.arange(n_depth)
+            # by T, n_e, n_HI, vmic: (nodes, 4, D), a node's 4 D values added as one row
+            state_sums = torch.zeros(n_nodes, 4, n_depth, dtype=g_line.dtype)
         d_pop_all = jac["ln_population"].to(dt)  # (species, D, K)
         # d (T, n_e, n_HI) / d label stacked along depth: (3 D, K)
         d_state_cat = torch.cat([jac["temperature"], jac["electron_density"], jac["n_hi"]]).to(dt)
@@ -754,16 +725,18 @@ class Synthesizer:
             pop_sums.index_add_(
                 0, pair[node_valid], kappa[node_valid]
             )  # invalid nodes: kappa is 0 and the key may not exist
-            flat = (nodes[:, :, None] * n_depth + depth).reshape(-1)
-            for i, x in enumerate(
-                (
+            by_state = torch.stack(
+                [
                     kappa * c["amp_t"] + k_width * c["width_t"] + k_damping * c["damping_t"],
                     k_damping * c["damping_ne"],
                     k_damping * c["damping_nh"],
                     k_width * c["width_vmic"] + k_damping * c["damping_vmic"],
-                )
-            ):
-                state_sums[i].view(-1).index_add_(0, flat, x.reshape(-1))
+                ],
+                dim=2,
+            )  # (Lc, nodes, 4, D)
+            state_sums.view(n_nodes, -1).index_add_(
+                0, nodes.reshape(-1), by_state.reshape(-1, 4 * n_depth)
+            )
         if keys is None:
             return None
         d_pop = jac["ln_population"]  # (species, D, K)
@@ -772,18 +745,23 @@ class Synthesizer:
             + [jac["vmic"][None, :].expand(n_depth, -1)]
         )
 
-        def node_tangents(first: int, stop: int) -> torch.Tensor:
-            """d (wing opacity on nodes first..stop-1) / d label, (nodes, D, K)."""
-            out = torch.einsum("qjd,qdk->jdk", state_sums[:, first:stop], d_state)
+        def node_partials(first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """The wings on nodes first..stop-1 as (Q, nodes, D) partials by Q = 4 state
+            entries and the ln populations of the species they reach there, and the (Q, D, K)
+            tangents of those entries (the wing part of _node_table)."""
+            stop = min(stop, n_nodes)
             lo, hi = torch.searchsorted(
                 keys, torch.tensor([first * n_species, stop * n_species])
             ).tolist()
             pairs = keys[lo:hi]
+            species, local = torch.unique(pairs % n_species, return_inverse=True)
+            values = torch.zeros(4 + len(species), stop - first, n_depth, dtype=pop_sums.dtype)
+            values[:4] = state_sums[first:stop].transpose(0, 1)
             node = torch.div(pairs, n_species, rounding_mode="floor") - first
-            terms = pop_sums[lo:hi, :, None] * d_pop[pairs % n_species]  # (pairs, D, K)
-            return out.index_add_(0, node, terms)
+            values[4 + local, node] = pop_sums[lo:hi]
+            return values, torch.cat([d_state, d_pop[species]])
 
-        return node_tangents
+        return node_partials
 
     # ------------------------------------------------------------------ instrument
     def _sampling_matrix(self, sigma_ln: float) -> torch.Tensor:
@@ -820,6 +798,20 @@ def fine_grid(wavelength: np.ndarray, resolution: float, config: SynthConfig):
     ln_step = config.fine_step / lo
     stride = math.lcm(config.continuum_stride, config.hydrogen_stride, max(config.wing_stride, 1))
     return lo, ln_step, int(math.ceil(math.log(hi / lo) / ln_step / stride)) * stride + 1
+
+
+def _node_table(sources) -> Callable[[int, int], torch.Tensor]:
+    """(first, stop) -> d opacity / d label on nodes first..stop-1, (nodes, D, K), of the
+    sources on one node grid, each (first, stop) -> ((Q, nodes, D) partials by Q state
+    entries, (Q, D, K) their tangents): sum_q partial_q(node, d) tangent_q(d, k) for all
+    sources in one batched product over depth."""
+
+    def table(first: int, stop: int) -> torch.Tensor:
+        values, tangents = zip(*(fn(first, stop) for fn in sources))
+        values, tangents = torch.cat(values), torch.cat(tangents)
+        return torch.bmm(values.permute(2, 1, 0), tangents.permute(1, 0, 2)).permute(1, 0, 2)
+
+    return table
 
 
 def _bucket_size(n: torch.Tensor) -> torch.Tensor:
