@@ -302,3 +302,16 @@ def test_a_kernel_that_cannot_compile_runs_eagerly_with_one_warning(monkeypatch)
     with pytest.warns(RuntimeWarning, match="running it uncompiled"):
         assert torch.equal(kernel(x), 2 * x)
     assert torch.equal(kernel(x), 2 * x)  # no second try, no second warning
+
+
+def test_a_compile_failure_warning_names_the_inner_cause(monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from phdl.synth.kernels import Kernel
+
+    def broken(*args, **kwargs):
+        raise BackendCompilerFailed(broken, ImportError("no module named nt"), None)
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    with pytest.warns(RuntimeWarning, match="ImportError: no module named nt"):
+        Kernel(lambda x: x)(torch.zeros(1))

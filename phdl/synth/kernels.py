@@ -147,7 +147,7 @@ class Kernel:
         except Exception as error:  # noqa: BLE001 - any compiler failure: run it uncompiled
             self._compiled = False
             # inductor wraps the cause: its first line is "backend='inductor' raised:"
-            cause = error.__cause__ or error
+            cause = getattr(error, "inner_exception", None) or error
             lines = [line for line in str(cause).splitlines() if line.strip()]
             warnings.warn(
                 f"phdl.synth: torch.compile of {self.fn.__name__} failed ({type(cause).__name__}:"
