@@ -9,8 +9,6 @@ H I and H2 (Dalgarno), Thomson scattering. Scattering is treated as absorption (
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from phdl.synth.lines import HC_OVER_K_ANGSTROM, K_B, K_B_EV
@@ -76,28 +74,31 @@ def continuum_opacity(
     stim = -torch.expm1(-HC_OVER_K_ANGSTROM / (lam * temperature))
     kt_ev = K_B_EV * temperature
     absorption = hminus_bf_cross_section(wavelength)[:, None] * state["n_hminus"][None, :] * stim
-    absorption = absorption + hminus_ff(wavelength, state["temperature"]) * ne * K_B * temperature * n_hi
+    absorption = (
+        absorption + hminus_ff(wavelength, state["temperature"]) * ne * K_B * temperature * n_hi
+    )
     nu = 2.99792458e18 / lam
     photon_ev = 12398.4198 / lam
-    # H I bound-free, levels n >= 2 (n = 1 edge is at 912 A); population 2n^2 e^{-E_n/kT}/U, U=2
-    hbf = torch.zeros_like(absorption)
-    for n in range(2, 31):
-        edge_ev = 13.598434 / n**2
-        level = n * n * torch.exp(-13.598434 * (1.0 - 1.0 / n**2) / kt_ev)
-        sigma = 2.815e29 / (n**5 * nu**3) * (photon_ev >= edge_ev)
-        hbf = hbf + sigma * level
+    # H I bound-free, levels n >= 2 (n = 1 edge is at 912 A); population 2n^2 e^{-E_n/kT}/U, U=2;
+    # sum over levels as one (W, levels) x (levels, D) product of cross-sections and populations
+    n = torch.arange(2, 31, dtype=lam.dtype, device=lam.device)
+    sigma = 2.815e29 / (n**5 * nu**3) * (photon_ev >= 13.598434 / n**2)
+    levels = n[:, None] ** 2 * torch.exp(-13.598434 * (1.0 - 1.0 / n[:, None] ** 2) / kt_ev)
+    hbf = sigma @ levels
     absorption = absorption + hbf * n_hi * stim
-    absorption = absorption + 3.692e8 / (nu**3 * torch.sqrt(temperature)) * ne * state["n_hii"][
-        None, :
-    ] * stim
+    absorption = (
+        absorption
+        + 3.692e8 / (nu**3 * torch.sqrt(temperature)) * ne * state["n_hii"][None, :] * stim
+    )
     metals = state["metal_neutral_over_u"]  # (6, D): N_neutral / U
-    for index, g, energy, chi in _METAL_LEVELS:
-        binding = chi - energy
-        n_eff = math.sqrt(13.598434 / binding)
-        edge = 12398.4198 / binding
-        sigma = 7.91e-18 * n_eff * (lam / edge) ** 3 * (lam <= edge)
-        population = metals[index][None, :] * g * torch.exp(-energy / kt_ev)
-        absorption = absorption + sigma * population * stim
+    index, g, energy, chi = (
+        torch.tensor(column, dtype=lam.dtype, device=lam.device) for column in zip(*_METAL_LEVELS)
+    )
+    binding = chi - energy
+    edge = 12398.4198 / binding
+    sigma = 7.91e-18 * torch.sqrt(13.598434 / binding) * (lam / edge) ** 3 * (lam <= edge)
+    population = metals[index.long()] * g[:, None] * torch.exp(-energy[:, None] / kt_ev)
+    absorption = absorption + (sigma @ population) * stim
     lam4 = lam**-4
     rayleigh_h = (5.799e-13 * lam4 + 1.422e-6 * lam4 / lam**2 + 2.784 * lam4 * lam4) * n_hi
     rayleigh_h2 = (8.14e-13 * lam4 + 1.28e-6 * lam4 / lam**2 + 1.61 * lam4 * lam4) * state["n_h2"][

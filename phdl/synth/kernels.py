@@ -98,13 +98,14 @@ def core_gradient_terms(
     table: tuple[torch.Tensor, torch.Tensor],
     voigt_dtype: torch.dtype,
     out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The line cores' share of d F / d state, before the chain rule to the labels.
 
     g (Lc, W, D) is d F / d kappa at the line's pixels, `coef` the partials of the line
     parameters by the state (lines.line_tangent_coefficients, (Lc, D) each). Returns
-    by_state (Lc, W, 3 D): the T, n_e, n_HI parts (to multiply by d state / d label), by_vmic
-    (Lc, W) and g x kappa (Lc, W, D) (to multiply by d ln population / d label).
+    by_state (Lc, W, 3 D + 1): the T, n_e, n_HI parts and the vmic part (to multiply by
+    d (T, n_e, n_HI, vmic) / d label), and g x kappa (Lc, W, D) (to multiply by
+    d ln population / d label).
     """
     kappa, k_width, k_damping = (
         g * x
@@ -118,11 +119,11 @@ def core_gradient_terms(
             kappa * c["amp_t"] + k_width * c["width_t"] + k_damping * c["damping_t"],
             k_damping * c["damping_ne"],
             k_damping * c["damping_nh"],
+            (k_width * c["width_vmic"] + k_damping * c["damping_vmic"]).sum(dim=2, keepdim=True),
         ],
         dim=2,
     )
-    by_vmic = (k_width * c["width_vmic"] + k_damping * c["damping_vmic"]).sum(dim=2)
-    return by_state, by_vmic, kappa
+    return by_state, kappa
 
 
 class Kernel:

@@ -294,15 +294,23 @@ class Synthesizer:
         absorption, scattering = continuum_opacity(grid, state)
         return absorption + scattering
 
-    def _interp(self, coarse: torch.Tensor, stride: int, start: int, stop: int) -> torch.Tensor:
+    @staticmethod
+    def _interp(coarse: torch.Tensor, stride: int, start: int, stop: int) -> torch.Tensor:
         """Linear interpolation (in ln lambda) of (Nc, ...) nodes to fine pixels start..stop-1."""
-        i = torch.arange(start, stop)
-        i0 = torch.div(i, stride, rounding_mode="floor").clamp(max=coarse.shape[0] - 2)
-        t = ((i - i0 * stride).to(coarse.dtype) / stride).reshape(-1, *([1] * (coarse.dim() - 1)))
-        return coarse[i0] * (1 - t) + coarse[i0 + 1] * t
+        first, n, pad, t = _segments(stride, start, stop, coarse.dtype)
+        block = _node_block(coarse[first : first + n + 1], n)
+        t = t.reshape(1, stride, *([1] * (coarse.dim() - 1)))
+        out = (block[:-1, None] * (1 - t) + block[1:, None] * t).reshape(-1, *coarse.shape[1:])
+        return out[pad : pad + stop - start]
 
-    def plan(self, theta: torch.Tensor, state: dict[str, torch.Tensor] | None = None) -> LinePlan:
-        """Select lines and window half-widths for these labels (reused for nearby labels)."""
+    def plan(
+        self,
+        theta: torch.Tensor,
+        state: dict[str, torch.Tensor] | None = None,
+        continuum: torch.Tensor | None = None,
+    ) -> LinePlan:
+        """Select lines and window half-widths for these labels (reused for nearby labels);
+        `state` and the `continuum` opacity on the continuum grid where already computed."""
         cfg = self.config
         with torch.no_grad():
             state = state if state is not None else self.state(theta)
@@ -312,7 +320,9 @@ class Synthesizer:
             )
             lines = lines.subset(inside)
             ln_amp, width, damping = line_parameters(state, lines)
-            cont = self._continuum(self.continuum_grid, state)
+            cont = (
+                continuum if continuum is not None else self._continuum(self.continuum_grid, state)
+            )
             pos = (torch.log(lines.wavelength) - self.ln_lambda0) / (
                 self.ln_step * cfg.continuum_stride
             )
@@ -430,8 +440,11 @@ class Synthesizer:
             "compile": cfg.compile,
         }
 
-    def line_opacity(self, state: dict[str, torch.Tensor], plan: LinePlan) -> torch.Tensor:
-        """Total line opacity [cm^-1] on the fine grid, (N, D), without autograd."""
+    def line_opacity(
+        self, state: dict[str, torch.Tensor], plan: LinePlan, return_parameters: bool = False
+    ):
+        """Total line opacity [cm^-1] on the fine grid, (N, D), without autograd; with
+        `return_parameters` also the line parameters of every _line_chunks chunk (a list)."""
         n_depth = state["temperature"].shape[0]
         n_fine = self.fine.shape[0]
         stride = max(self.config.wing_stride, 1)
@@ -440,9 +453,11 @@ class Synthesizer:
         kappa = torch.zeros(n_fine, n_depth, dtype=self.config.dtype)
         wings = torch.zeros((n_fine - 1) // stride + 1, n_depth, dtype=self.config.dtype)
         kw = self._kernel_args(self.config.dtype)
+        chunk_parameters = []
         with torch.no_grad():
             for core, half, idx in self._line_chunks(plan):
                 params = line_parameters(state, plan.lines.subset(idx))
+                chunk_parameters.append(params)
                 pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = self._core_inputs(
                     plan, idx, core, half
                 )
@@ -455,7 +470,7 @@ class Synthesizer:
                     )
             if plan.wing_buckets:
                 kappa += self._interp(wings, stride, 0, n_fine)
-        return kappa
+        return (kappa, chunk_parameters) if return_parameters else kappa
 
     # ------------------------------------------------------------------ synthesis
     def synthesize(
@@ -470,12 +485,19 @@ class Synthesizer:
         With `return_fine`, the unconvolved flux and gradients on the internal fine grid.
         """
         theta = self.label_tensor(labels).detach()
-        with torch.no_grad():
-            state = self.state(theta)
-        plan = plan if plan is not None else self.plan(theta, state)
-        kappa_line = self.line_opacity(state, plan)
-        cont = self._continuum(self.continuum_grid, state)
+        keys = CONTINUUM_KEYS + ("metal_neutral_over_u",)
+        if gradients:
+            state, jac = self.state_jacobian(theta)
+            cont, cont_partials = self._state_partials(
+                self._continuum, self.continuum_grid, state, keys
+            )
+        else:
+            with torch.no_grad():
+                state = self.state(theta)
+            cont = self._continuum(self.continuum_grid, state)
+        plan = plan if plan is not None else self.plan(theta, state, cont)
         if not gradients:
+            kappa_line = self.line_opacity(state, plan)
             hyd = hydrogen_opacity(self.hydrogen_grid, state)
             with torch.no_grad():
                 flux = self._line_flux_all(state, cont, hyd, kappa_line)
@@ -483,7 +505,10 @@ class Synthesizer:
             if return_fine:
                 return flux, None
             return (self._kernel @ flux[:, None])[:, 0], None
-        return self._synthesize_with_gradients(theta, state, plan, kappa_line, cont, return_fine)
+        kappa_line, parameters = self.line_opacity(state, plan, return_parameters=True)
+        return self._synthesize_with_gradients(
+            theta, state, jac, plan, kappa_line, parameters, cont, cont_partials, return_fine
+        )
 
     def _interp_all(self, coarse: torch.Tensor) -> torch.Tensor:
         return self._interp(coarse, self.config.continuum_stride, 0, self.fine.shape[0])
@@ -525,8 +550,9 @@ class Synthesizer:
         )
         return self._transfer(kappa, self.fine[start:stop], state, sensitivities)
 
-    def _state_partials(self, fn, grid, state, keys) -> dict[tuple[str, int], torch.Tensor]:
-        """d fn(grid, state)(lambda, d) / d state[key][row, d] (diagonal in depth), per key/row.
+    def _state_partials(self, fn, grid, state, keys):
+        """fn(grid, state) and d fn(grid, state)(lambda, d) / d state[key][row, d] (diagonal in
+        depth), a dict by (key, row).
 
         One forward-mode pass: fn is elementwise in depth, so Q copies of the depth axis, copy q
         carrying a unit tangent on its own key/row, give all Q partials at once.
@@ -557,17 +583,16 @@ class Synthesizer:
         if out is None:  # fn does not depend on these keys here (e.g. no hydrogen line near)
             out = torch.zeros_like(primal)
         out = out.reshape(out.shape[0], n_copies, n_depth)
-        return {entry: out[:, q] for q, entry in enumerate(entries)}
+        value = primal.reshape(out.shape)[:, 0].contiguous()
+        return value, {entry: out[:, q] for q, entry in enumerate(entries)}
 
-    def _synthesize_with_gradients(self, theta, state, plan, kappa_line, cont, return_fine):
+    def _synthesize_with_gradients(
+        self, theta, state, jac, plan, kappa_line, parameters, cont, cont_partials, return_fine
+    ):
         cfg = self.config
         n_fine = self.fine.shape[0]
         n_depth = state["temperature"].shape[0]
-        _, jac = self.state_jacobian(theta)  # each: (*shape, K)
         k_labels = theta.shape[0]
-        cont_partials = self._state_partials(
-            self._continuum, self.continuum_grid, state, CONTINUUM_KEYS + ("metal_neutral_over_u",)
-        )
         hyd, by_key = hydrogen_opacity(self.hydrogen_grid, state, partials=True)
         hyd_partials = {(key, 0): value for key, value in by_key.items()}
 
@@ -606,7 +631,7 @@ class Synthesizer:
             flux[start:stop] = f
             g_line[start:stop] = g  # d F / d kappa for every opacity source
             dflux[start:stop] += torch.cat(d_structure, dim=1) @ structure_tangents
-        wing_nodes = self._line_gradients(state, jac, plan, g_line, dflux)
+        wing_nodes = self._line_gradients(state, jac, plan, parameters, g_line, dflux)
         # every opacity interpolated from nodes (continuum, hydrogen, line wings): per node
         # (Q, nodes, D) partials by Q state entries and their (Q, D, K) tangents; the sources
         # on the same nodes are contracted with G together, each stride on its own nodes
@@ -617,12 +642,12 @@ class Synthesizer:
         if wing_nodes is not None:
             sources.append((cfg.wing_stride, wing_nodes))
         for stride in sorted({s for s, _ in sources}):
-            table = _node_table([fn for s, fn in sources if s == stride])
+            table = _node_table([fn for s, fn in sources if s == stride], cfg.gradient_dtype)
             for start in range(0, n_fine, cfg.chunk):
                 stop = min(start + cfg.chunk, n_fine)
                 dflux[start:stop] += self._contract_interpolated(
-                    g_line[start:stop], table, stride, start, stop
-                )
+                    g_line[start:stop].to(cfg.gradient_dtype), table, stride, start, stop
+                ).to(dflux.dtype)
         # normalise: f = F / Fc  =>  df = dF / Fc - F dFc / Fc^2
         norm = flux / fc_fine
         dnorm = dflux / fc_fine[:, None] - (norm / fc_fine)[:, None] * dfc_fine
@@ -639,24 +664,21 @@ class Synthesizer:
         D, K) for nodes a..b-1; grouping the fine pixels by their node pair turns this into two
         batched matmuls, without T on the fine grid.
         """
-        first, last = start // stride, (stop - 1) // stride
-        n_nodes = last - first + 1
-        table = nodes(first, last + 2)
-        if table.shape[0] < n_nodes + 1:  # the grid's last node: its right partner has weight 0
-            table = torch.cat([table, torch.zeros_like(table[:1])])
-        pad = start - first * stride
-        rows = torch.nn.functional.pad(g, (0, 0, pad, (last + 1) * stride - stop))
+        first, n_nodes, pad, t = _segments(stride, start, stop, g.dtype)
+        table = _node_block(nodes(first, first + n_nodes + 1), n_nodes)
+        rows = torch.nn.functional.pad(g, (0, 0, pad, (first + n_nodes) * stride - stop))
         rows = rows.reshape(n_nodes, stride, g.shape[1])
-        t = (torch.arange(stride, dtype=g.dtype) / stride)[None, :, None]
+        t = t[None, :, None]
         out = torch.bmm(rows * (1 - t), table[:n_nodes]) + torch.bmm(rows * t, table[1:])
         return out.reshape(-1, out.shape[-1])[pad : pad + stop - start]
 
-    def _line_gradients(self, state, jac, plan, g_line, dflux):
+    def _line_gradients(self, state, jac, plan, parameters, g_line, dflux):
         """Add sum_d G(lambda, d) d kappa_line(lambda, d)/d label of the line cores (exact);
         return the tangents of the coarse wings on their nodes (or None without wings).
 
-        Line cores: line by line, (pixels, 3 D) partials times d F / d kappa in one batched
-        matmul with the (3 D, K) line-parameter tangents. Coarse wings (line_opacity adds them
+        Line cores: d F / d kappa times their partials by T, n_e, n_HI and vmic
+        (kernels.core_gradient_terms), summed over lines per fine pixel and multiplied by the
+        (3 D + 1, K) state tangents once; their population part per species. Coarse wings (line_opacity adds them
         to the grid by linear interpolation from the wing nodes): their derivative is
         interpolated the same way, so it is summed over all lines on the wing nodes first,
         sum_lines d kappa(node, d) / d label = sum_species P_s(node, d) J_s(d, k) + sum_x
@@ -686,10 +708,13 @@ class Synthesizer:
         # d (T, n_e, n_HI) / d label stacked along depth: (3 D, K)
         d_state_cat = torch.cat([jac["temperature"], jac["electron_density"], jac["n_hi"]]).to(dt)
         d_vmic = jac["vmic"].to(dt)
+        k_labels = d_vmic.shape[0]
+        # the cores' T, n_e, n_HI, vmic parts summed over lines on the fine grid, (N, 3 D + 1):
+        # one matmul with their tangents after the loop, instead of one per line pixel
+        core_sums = torch.zeros(n_fine, 3 * n_depth + 1, dtype=dt)
         kw = self._kernel_args(dt)
-        for core, half, idx in self._line_chunks(plan):
+        for (core, half, idx), params in zip(self._line_chunks(plan), parameters):
             sub = plan.lines.subset(idx)
-            params = line_parameters(state, sub)
             coef = line_tangent_coefficients(state, sub, params)
             pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = self._core_inputs(
                 plan, idx, core, half
@@ -697,19 +722,16 @@ class Synthesizer:
             g = _take(g_pad, torch.where(valid, pix, n_fine))  # (Lc, W, D); 0 where invalid
             # the line-parameter tangents, never formed per line (coefficients of
             # line_tangent_coefficients): the T, n_e, n_HI parts in one matmul for all lines ...
-            by_state, by_vmic, kappa = CORE_GRADIENT_TERMS(
-                dl, edges, ramps, valid, *params, g, coef, **kw
-            )
-            contrib = by_state.reshape(-1, 3 * n_depth) @ d_state_cat
-            contrib += by_vmic.reshape(-1, 1) * d_vmic
+            by_state, kappa = CORE_GRADIENT_TERMS(dl, edges, ramps, valid, *params, g, coef, **kw)
+            core_sums.index_add_(0, pix.reshape(-1), by_state.reshape(len(pix.reshape(-1)), -1))
             # ... and the population part per species (lines sorted by species in the plan)
             kappa = kappa.reshape(len(idx), -1)
             runs, counts = torch.unique_consecutive(sub.species_index, return_counts=True)
-            contrib = contrib.reshape(len(idx), -1, contrib.shape[-1])
+            contrib = torch.empty(len(idx), pix.shape[1], k_labels, dtype=dt)
             start = 0
             for sp, n in zip(runs.tolist(), counts.tolist()):
                 rows = kappa[start : start + n].reshape(-1, n_depth)
-                contrib[start : start + n] += (rows @ d_pop_all[sp]).reshape(n, -1, d_vmic.shape[0])
+                contrib[start : start + n] = (rows @ d_pop_all[sp]).reshape(n, -1, k_labels)
                 start += n
             dflux.index_add_(
                 0, pix.reshape(-1), contrib.reshape(-1, contrib.shape[-1]).to(dflux.dtype)
@@ -737,6 +759,10 @@ class Synthesizer:
             state_sums.view(n_nodes, -1).index_add_(
                 0, nodes.reshape(-1), by_state.reshape(-1, 4 * n_depth)
             )
+        d_core = torch.cat([d_state_cat, d_vmic[None]])  # (3 D + 1, K)
+        for start in range(0, n_fine, self.config.chunk):
+            stop = min(start + self.config.chunk, n_fine)
+            dflux[start:stop] += (core_sums[start:stop] @ d_core).to(dflux.dtype)
         if keys is None:
             return None
         d_pop = jac["ln_population"]  # (species, D, K)
@@ -800,15 +826,32 @@ def fine_grid(wavelength: np.ndarray, resolution: float, config: SynthConfig):
     return lo, ln_step, int(math.ceil(math.log(hi / lo) / ln_step / stride)) * stride + 1
 
 
-def _node_table(sources) -> Callable[[int, int], torch.Tensor]:
-    """(first, stop) -> d opacity / d label on nodes first..stop-1, (nodes, D, K), of the
-    sources on one node grid, each (first, stop) -> ((Q, nodes, D) partials by Q state
+def _segments(stride: int, start: int, stop: int, dtype: torch.dtype):
+    """Fine pixels start..stop-1 grouped by the pair of nodes (every `stride`-th pixel) they
+    lie between: (first node, number of segments n, pixels of the first segment before
+    `start`, the (stride,) interpolation weights of each segment's right node)."""
+    first = start // stride
+    n = (stop - 1) // stride - first + 1
+    return first, n, start - first * stride, torch.arange(stride, dtype=dtype) / stride
+
+
+def _node_block(block: torch.Tensor, n: int) -> torch.Tensor:
+    """The n + 1 nodes of n segments: the grid's last node (a segment of its own, weight 1 on
+    its left node) gets a zero right partner."""
+    if block.shape[0] < n + 1:
+        block = torch.cat([block, torch.zeros_like(block[:1])])
+    return block
+
+
+def _node_table(sources, dtype: torch.dtype) -> Callable[[int, int], torch.Tensor]:
+    """(first, stop) -> d opacity / d label on nodes first..stop-1, (nodes, D, K) in `dtype`,
+    of the sources on one node grid, each (first, stop) -> ((Q, nodes, D) partials by Q state
     entries, (Q, D, K) their tangents): sum_q partial_q(node, d) tangent_q(d, k) for all
     sources in one batched product over depth."""
 
     def table(first: int, stop: int) -> torch.Tensor:
         values, tangents = zip(*(fn(first, stop) for fn in sources))
-        values, tangents = torch.cat(values), torch.cat(tangents)
+        values, tangents = torch.cat(values).to(dtype), torch.cat(tangents).to(dtype)
         return torch.bmm(values.permute(2, 1, 0), tangents.permute(1, 0, 2)).permute(1, 0, 2)
 
     return table
