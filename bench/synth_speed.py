@@ -4,11 +4,15 @@ per-spectrum overhead, and the wall time of a 1000-spectrum `phdl synth` grid on
     python bench/synth_speed.py                    # everything, 2 threads, best of 3
     python bench/synth_speed.py --skip-full        # the demo window only (quicker)
     python bench/synth_speed.py --grid-spectra 8   # also run `phdl synth` on 8 spectra for real
+    python bench/synth_speed.py --malloc-default   # glibc's own malloc settings (see below)
 
 Times are best-of-N wall seconds (and the process CPU seconds of that run); on a shared host
 the load average is printed with them, since other jobs slow every number here. Each range is
 timed eager and with the torch.compile'd kernels (SynthConfig.compile); "first call" includes
 the compilation (long with a cold cache: TORCHINDUCTOR_CACHE_DIR, ~/.cache by default).
+The process keeps freed memory for reuse as `phdl synth`'s workers do
+(phdl.synth.malloc.keep_freed_memory); `--malloc-default` times a process with glibc's
+defaults instead, as a library user's own process has them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from phdl.data.lamost import lamost_wavelength
 from phdl.labels import DEFAULT_LABELS
 from phdl.synth.inputs import default_inputs
+from phdl.synth.malloc import keep_freed_memory
 from phdl.synth.sample import sample_labels
 from phdl.synth.spectrum import SynthConfig, Synthesizer
 
@@ -106,7 +111,11 @@ def main() -> None:
     p.add_argument("--grid-stars", type=int, default=4, help="stars averaged for the projection")
     p.add_argument("--grid-spectra", type=int, default=0, help="also run phdl synth on this many")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--malloc-default", action="store_true", help="glibc's malloc settings, not phdl synth's"
+    )
     args = p.parse_args()
+    kept = False if args.malloc_default else keep_freed_memory()
 
     torch.set_num_threads(args.threads)
     configs = {
@@ -114,6 +123,11 @@ def main() -> None:
         for mode in ("eager", "compiled")
     }
     print(f"phdl.synth speed: {args.threads} threads, device {args.device}, {load()}")
+    print(
+        "malloc: freed memory kept for reuse (as in phdl synth's workers)"
+        if kept
+        else "malloc: glibc defaults (freed big tensors go back to the kernel)"
+    )
     print(f"star {STAR}, best of {args.repeats} (wall s / CPU s)")
     ranges = [("demo window", DEMO_RANGE), ("50 A window", SMALL_RANGE)]
     if not args.skip_full:

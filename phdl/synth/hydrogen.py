@@ -238,9 +238,9 @@ def hydrogen_opacity(
     if not partials:
         kappa = torch.zeros(shape, dtype=temperature.dtype)
         # one scatter for all lines: an out-of-place index_add per line copied the whole array
-        return kappa if not rows else kappa.index_add(0, torch.cat(rows), torch.cat(values))
+        return kappa if not rows else kappa.index_add_(0, torch.cat(rows), torch.cat(values))
     out = torch.zeros(5, *shape, dtype=temperature.dtype)
     if rows:
-        out = out.index_add(1, torch.cat(rows), torch.cat(values, dim=1))
+        out.index_add_(1, torch.cat(rows), torch.cat(values, dim=1))
     keys = ("temperature", "electron_density", "n_hi", "vmic")
     return out[0], dict(zip(keys, out[1:]))

@@ -468,8 +468,10 @@ class Synthesizer:
                     wings.index_add_(
                         0, nodes.reshape(-1), (wing * node_valid[:, :, None]).reshape(-1, n_depth)
                     )
-            if plan.wing_buckets:
-                kappa += self._interp(wings, stride, 0, n_fine)
+            if plan.wing_buckets:  # chunk by chunk: no (N, D) temporaries
+                for start in range(0, n_fine, self.config.chunk):
+                    stop = min(start + self.config.chunk, n_fine)
+                    kappa[start:stop] += self._interp(wings, stride, start, stop)
         return (kappa, chunk_parameters) if return_parameters else kappa
 
     # ------------------------------------------------------------------ synthesis
@@ -616,8 +618,6 @@ class Synthesizer:
         fc, d_kappa, *d_structure = self._continuum_flux(state, cont, sensitivities=True)
         sens = d_structure + [d_kappa * p for p in cont_partials.values()]
         dfc = torch.einsum("qcd,qdk->ck", torch.stack(sens), cont_tangents)
-        fc_fine = self._interp_all(fc)
-        dfc_fine = self._interp_all(dfc)
 
         flux = torch.empty(n_fine, dtype=cfg.dtype)
         dflux = torch.zeros(n_fine, k_labels, dtype=cfg.dtype)
@@ -648,12 +648,24 @@ class Synthesizer:
                 dflux[start:stop] += self._contract_interpolated(
                     g_line[start:stop].to(cfg.gradient_dtype), table, stride, start, stop
                 ).to(dflux.dtype)
-        # normalise: f = F / Fc  =>  df = dF / Fc - F dFc / Fc^2
-        norm = flux / fc_fine
-        dnorm = dflux / fc_fine[:, None] - (norm / fc_fine)[:, None] * dfc_fine
+        # normalise: f = F / Fc  =>  df = dF / Fc - F dFc / Fc^2, chunk by chunk (Fc and dFc
+        # interpolated there) into the columns of one (N, 1 + K) array to convolve
+        out = torch.empty(n_fine, 1 + k_labels, dtype=cfg.dtype)
+        for start in range(0, n_fine, cfg.chunk):
+            stop = min(start + cfg.chunk, n_fine)
+            fc_at = self._interp(fc, cfg.continuum_stride, start, stop)
+            norm = flux[start:stop] / fc_at
+            out[start:stop, 0] = norm
+            torch.addcmul(
+                dflux[start:stop] / fc_at[:, None],
+                (norm / fc_at)[:, None],
+                self._interp(dfc, cfg.continuum_stride, start, stop),
+                value=-1.0,
+                out=out[start:stop, 1:],
+            )
         if return_fine:
-            return norm, dnorm.T
-        out = self._kernel @ torch.cat([norm[:, None], dnorm], dim=1)
+            return out[:, 0], out[:, 1:].T
+        out = self._kernel @ out
         return out[:, 0], out[:, 1:].T.contiguous()
 
     @staticmethod

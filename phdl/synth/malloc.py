@@ -1,0 +1,38 @@
+"""Keep freed memory in the process (glibc malloc), so big tensors are not page-faulted anew.
+
+glibc serves an allocation above its mmap threshold (which adapts, up to 32 MiB) with fresh
+pages from the kernel and hands them back when it is freed. One full-range spectrum with its
+gradient spectra allocates ~1 GB of such tensors, and the first touch of every new page is a
+page fault: 0.5-0.8 s of a 2.8 s spectrum on the 2-core VM of the speed bench
+(bench/synth_speed.py prints both). Raising the mmap and trim thresholds makes glibc keep
+freed memory and reuse it for the next spectrum; resident memory then stays near the peak.
+
+The setting is process-wide, so `phdl synth` makes it only in the processes that synthesise
+(its workers, or itself with one worker); library users who synthesise many spectra in a
+process of their own can call `keep_freed_memory()` themselves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+#: mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: the largest value mallopt takes (an int): allocations above 2 GiB are still mmap'd
+_LIMIT = 2**31 - 1
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc to keep freed memory for reuse; False where this is not glibc (a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another libc without mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _LIMIT)) and bool(mallopt(_M_TRIM_THRESHOLD, _LIMIT))
