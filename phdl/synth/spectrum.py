@@ -863,8 +863,10 @@ def _node_table(sources, dtype: torch.dtype) -> Callable[[int, int], torch.Tenso
 
     def table(first: int, stop: int) -> torch.Tensor:
         values, tangents = zip(*(fn(first, stop) for fn in sources))
-        values, tangents = torch.cat(values).to(dtype), torch.cat(tangents).to(dtype)
-        return torch.bmm(values.permute(2, 1, 0), tangents.permute(1, 0, 2)).permute(1, 0, 2)
+        # depth-major copies first: bmm on the permuted views is ~2x slower
+        values = torch.cat(values).to(dtype).permute(2, 1, 0).contiguous()  # (D, nodes, Q)
+        tangents = torch.cat(tangents).to(dtype).permute(1, 0, 2).contiguous()  # (D, Q, K)
+        return torch.bmm(values, tangents).permute(1, 0, 2)
 
     return table
 
