@@ -3,8 +3,8 @@
 glibc serves an allocation above its mmap threshold (which adapts, up to 32 MiB) with fresh
 pages from the kernel and hands them back when it is freed. One full-range spectrum with its
 gradient spectra allocates ~1 GB of such tensors, and the first touch of every new page is a
-page fault: 0.5-0.8 s of a 2.8 s spectrum on the 2-core VM of the speed bench
-(bench/synth_speed.py prints both). Raising the mmap and trim thresholds makes glibc keep
+page fault: 300k faults, ~0.8 s of a ~3 s spectrum on the 2-core VM of the speed bench
+(bench/synth_speed.py times both ways, with and without --malloc-default). Raising the mmap and trim thresholds makes glibc keep
 freed memory and reuse it for the next spectrum; resident memory then stays near the peak.
 
 The setting is process-wide, so `phdl synth` makes it only in the processes that synthesise

@@ -487,11 +487,13 @@ class Synthesizer:
         With `return_fine`, the unconvolved flux and gradients on the internal fine grid.
         """
         theta = self.label_tensor(labels).detach()
-        keys = CONTINUUM_KEYS + ("metal_neutral_over_u",)
         if gradients:
             state, jac = self.state_jacobian(theta)
             cont, cont_partials = self._state_partials(
-                self._continuum, self.continuum_grid, state, keys
+                self._continuum,
+                self.continuum_grid,
+                state,
+                CONTINUUM_KEYS + ("metal_neutral_over_u",),
             )
         else:
             with torch.no_grad():
@@ -690,9 +692,10 @@ class Synthesizer:
 
         Line cores: d F / d kappa times their partials by T, n_e, n_HI and vmic
         (kernels.core_gradient_terms), summed over lines per fine pixel and multiplied by the
-        (3 D + 1, K) state tangents once; their population part per species. Coarse wings (line_opacity adds them
-        to the grid by linear interpolation from the wing nodes): their derivative is
-        interpolated the same way, so it is summed over all lines on the wing nodes first,
+        (3 D + 1, K) state tangents once; their population part per species. Coarse wings
+        (line_opacity adds them to the grid by linear interpolation from the wing nodes): their
+        derivative is interpolated the same way, so it is summed over all lines on the wing
+        nodes first,
         sum_lines d kappa(node, d) / d label = sum_species P_s(node, d) J_s(d, k) + sum_x
         U_x(node, d) dx(d, k) (J_s = d ln population / d label, x = T, n_e, n_HI, vmic), and
         contracted with G once per fine pixel by the caller, whatever the number of lines.
@@ -733,7 +736,7 @@ class Synthesizer:
             )
             g = _take(g_pad, torch.where(valid, pix, n_fine))  # (Lc, W, D); 0 where invalid
             # the line-parameter tangents, never formed per line (coefficients of
-            # line_tangent_coefficients): the T, n_e, n_HI parts in one matmul for all lines ...
+            # line_tangent_coefficients): the T, n_e, n_HI, vmic parts summed into core_sums ...
             by_state, kappa = CORE_GRADIENT_TERMS(dl, edges, ramps, valid, *params, g, coef, **kw)
             core_sums.index_add_(0, pix.reshape(-1), by_state.reshape(len(pix.reshape(-1)), -1))
             # ... and the population part per species (lines sorted by species in the plan)
