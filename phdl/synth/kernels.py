@@ -21,7 +21,12 @@ from collections.abc import Callable
 
 import torch
 
-from phdl.synth.lines import SQRT_PI, voigt_and_derivatives
+from phdl.synth.lines import (
+    SQRT_PI,
+    line_parameters,
+    line_tangent_coefficients,
+    voigt_and_derivatives,
+)
 from phdl.synth.transfer import planck_flux, planck_flux_and_sensitivities
 
 
@@ -164,4 +169,7 @@ LINE_PROFILE = Kernel(line_profile)
 CORE_PROFILE = Kernel(core_profile)
 CORE_GRADIENT_TERMS = Kernel(core_gradient_terms)
 PLANCK_FLUX = Kernel(planck_flux)
+#: per line and depth, (L, D): ~50 elementwise operations on every line of the plan at once
+LINE_PARAMETERS = Kernel(line_parameters)
+LINE_TANGENT_COEFFICIENTS = Kernel(line_tangent_coefficients)
 PLANCK_FLUX_AND_SENSITIVITIES = Kernel(planck_flux_and_sensitivities)

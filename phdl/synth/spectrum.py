@@ -36,7 +36,9 @@ from phdl.synth.hydrogen import hydrogen_opacity
 from phdl.synth.kernels import (
     CORE_GRADIENT_TERMS,
     CORE_PROFILE,
+    LINE_PARAMETERS,
     LINE_PROFILE,
+    LINE_TANGENT_COEFFICIENTS,
     PLANCK_FLUX,
     PLANCK_FLUX_AND_SENSITIVITIES,
 )
@@ -44,8 +46,6 @@ from phdl.synth.lines import (
     HC_OVER_K_ANGSTROM,
     SQRT_PI,
     LineData,
-    line_parameters,
-    line_tangent_coefficients,
     taylor_table,
 )
 
@@ -136,6 +136,8 @@ class LinePlan:
     buckets: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (half, line idx)
     #: (core half width, window half width, line idx), pixels
     wing_buckets: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
+    #: Synthesizer._line_chunks, made once per plan (they depend on nothing else)
+    chunks: list | None = field(default=None, repr=False)
 
 
 class Synthesizer:
@@ -319,7 +321,7 @@ class Synthesizer:
                 lines.wavelength < self.fine[-1] + cfg.max_half_width
             )
             lines = lines.subset(inside)
-            ln_amp, width, damping = line_parameters(state, lines)
+            ln_amp, width, damping = LINE_PARAMETERS(state, lines, compile=cfg.compile)
             cont = (
                 continuum if continuum is not None else self._continuum(self.continuum_grid, state)
             )
@@ -365,8 +367,13 @@ class Synthesizer:
                 )
                 core = torch.where(wing, core_px, core)
             buckets, wing_buckets = [], []
-            for c, h in torch.unique(torch.stack([core, size], 1), dim=0).tolist():
-                idx = torch.nonzero((core == c) & (size == h))[:, 0]
+            # one key per (core, size) pair: torch.unique(dim=0) compares rows one by one
+            # (~90 ms for 3e4 lines)
+            base = int(size.max()) + 1
+            key = core * base + size
+            for k in torch.unique(key).tolist():
+                c, h = divmod(k, base)
+                idx = torch.nonzero(key == k)[:, 0]
                 # by species: the gradient contraction takes each species' lines at once
                 idx = idx[torch.argsort(lines.species_index[idx], stable=True)]
                 if c:
@@ -377,16 +384,24 @@ class Synthesizer:
             lines=lines, centre=centre, half_width=size, buckets=buckets, wing_buckets=wing_buckets
         )
 
-    def _line_chunks(self, plan: LinePlan):
-        """(core, half width, line indices) chunks bounding the (lines x window x depth) work.
+    def _line_chunks(self, plan: LinePlan) -> list[tuple[int, int, torch.Tensor, tuple]]:
+        """(core, half width, line indices, _core_inputs) chunks of ~31k line pixels each,
+        which bound the (lines x pixels x depth) temporaries; made once per plan.
 
         core = 0: the whole window on the fine grid; else core pixels plus coarse wings.
         """
-        buckets = [(0, half, idx) for half, idx in plan.buckets] + plan.wing_buckets
-        for core, half, idx in buckets:
-            per = max(1, 2_000_000 // ((2 * half + 1) * 64))
-            for start in range(0, len(idx), per):
-                yield core, half, idx[start : start + per]
+        if plan.chunks is None:
+            stride = max(self.config.wing_stride, 1)
+            buckets = [(0, half, idx) for half, idx in plan.buckets] + plan.wing_buckets
+            plan.chunks = []
+            for core, half, idx in buckets:
+                # pixels per line: the window, or the fine core and the coarse wing nodes
+                pixels = 2 * (core + stride + half // stride + 2) - 1 if core else 2 * half + 1
+                per = max(1, 31_250 // pixels)
+                for start in range(0, len(idx), per):
+                    sub = idx[start : start + per]
+                    plan.chunks.append((core, half, sub, self._core_inputs(plan, sub, core, half)))
+        return plan.chunks
 
     def _line_windows(self, plan: LinePlan, idx: torch.Tensor, core: int, half: int):
         """Fine pixels of the line cores and (with wings) the coarse wing nodes, (Lc, W) each.
@@ -444,7 +459,7 @@ class Synthesizer:
         self, state: dict[str, torch.Tensor], plan: LinePlan, return_parameters: bool = False
     ):
         """Total line opacity [cm^-1] on the fine grid, (N, D), without autograd; with
-        `return_parameters` also the line parameters of every _line_chunks chunk (a list)."""
+        `return_parameters` also the line parameters of plan.lines, (L, D) each."""
         n_depth = state["temperature"].shape[0]
         n_fine = self.fine.shape[0]
         stride = max(self.config.wing_stride, 1)
@@ -453,14 +468,11 @@ class Synthesizer:
         kappa = torch.zeros(n_fine, n_depth, dtype=self.config.dtype)
         wings = torch.zeros((n_fine - 1) // stride + 1, n_depth, dtype=self.config.dtype)
         kw = self._kernel_args(self.config.dtype)
-        chunk_parameters = []
         with torch.no_grad():
-            for core, half, idx in self._line_chunks(plan):
-                params = line_parameters(state, plan.lines.subset(idx))
-                chunk_parameters.append(params)
-                pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = self._core_inputs(
-                    plan, idx, core, half
-                )
+            parameters = LINE_PARAMETERS(state, plan.lines, compile=self.config.compile)
+            for _, _, idx, inputs in self._line_chunks(plan):
+                params = tuple(x[idx] for x in parameters)
+                pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = inputs
                 (k,) = CORE_PROFILE(dl, edges, ramps, valid, *params, derivatives=False, **kw)
                 kappa.index_add_(0, pix.reshape(-1), k.reshape(-1, n_depth))
                 if nodes is not None:
@@ -472,7 +484,7 @@ class Synthesizer:
                 for start in range(0, n_fine, self.config.chunk):
                     stop = min(start + self.config.chunk, n_fine)
                     kappa[start:stop] += self._interp(wings, stride, start, stop)
-        return (kappa, chunk_parameters) if return_parameters else kappa
+        return (kappa, parameters) if return_parameters else kappa
 
     # ------------------------------------------------------------------ synthesis
     def synthesize(
@@ -624,7 +636,9 @@ class Synthesizer:
         flux = torch.empty(n_fine, dtype=cfg.dtype)
         dflux = torch.zeros(n_fine, k_labels, dtype=cfg.dtype)
         g_line = torch.empty(n_fine, n_depth, dtype=cfg.dtype)
-        structure_tangents = cont_tangents[:3].reshape(-1, k_labels)  # (3 D, K)
+        # (3 D, K); the product in gradient_dtype (float32: half the time of float64)
+        gdt = cfg.gradient_dtype
+        structure_tangents = cont_tangents[:3].reshape(-1, k_labels).to(gdt)
         for start in range(0, n_fine, cfg.chunk):
             stop = min(start + cfg.chunk, n_fine)
             f, g, *d_structure = self._chunk_flux(
@@ -632,7 +646,9 @@ class Synthesizer:
             )
             flux[start:stop] = f
             g_line[start:stop] = g  # d F / d kappa for every opacity source
-            dflux[start:stop] += torch.cat(d_structure, dim=1) @ structure_tangents
+            dflux[start:stop] += (torch.cat(d_structure, dim=1).to(gdt) @ structure_tangents).to(
+                dflux.dtype
+            )
         wing_nodes = self._line_gradients(state, jac, plan, parameters, g_line, dflux)
         # every opacity interpolated from nodes (continuum, hydrogen, line wings): per node
         # (Q, nodes, D) partials by Q state entries and their (Q, D, K) tangents; the sources
@@ -710,9 +726,8 @@ class Synthesizer:
         # the (node, species) pairs of the wings, node-major: key = node * n_species + species
         keys = [
             (nodes * n_species + plan.lines.species_index[idx][:, None])[node_valid]
-            for core, half, idx in self._line_chunks(plan)
-            if core
-            for _, _, _, _, nodes, node_valid in [self._line_windows(plan, idx, core, half)]
+            for _, _, idx, (*_, nodes, node_valid, _) in self._line_chunks(plan)
+            if nodes is not None
         ]
         keys = torch.unique(torch.cat(keys)) if keys else None
         if keys is not None:
@@ -728,12 +743,14 @@ class Synthesizer:
         # one matmul with their tangents after the loop, instead of one per line pixel
         core_sums = torch.zeros(n_fine, 3 * n_depth + 1, dtype=dt)
         kw = self._kernel_args(dt)
-        for (core, half, idx), params in zip(self._line_chunks(plan), parameters):
-            sub = plan.lines.subset(idx)
-            coef = line_tangent_coefficients(state, sub, params)
-            pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = self._core_inputs(
-                plan, idx, core, half
-            )
+        coefficients = LINE_TANGENT_COEFFICIENTS(
+            state, plan.lines, parameters, compile=self.config.compile
+        )
+        for _, _, idx, inputs in self._line_chunks(plan):
+            params = tuple(x[idx] for x in parameters)
+            coef = {k: v[idx] for k, v in coefficients.items()}
+            species_index = plan.lines.species_index[idx]
+            pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = inputs
             g = _take(g_pad, torch.where(valid, pix, n_fine))  # (Lc, W, D); 0 where invalid
             # the line-parameter tangents, never formed per line (coefficients of
             # line_tangent_coefficients): the T, n_e, n_HI, vmic parts summed into core_sums ...
@@ -741,7 +758,7 @@ class Synthesizer:
             core_sums.index_add_(0, pix.reshape(-1), by_state.reshape(len(pix.reshape(-1)), -1))
             # ... and the population part per species (lines sorted by species in the plan)
             kappa = kappa.reshape(len(idx), -1)
-            runs, counts = torch.unique_consecutive(sub.species_index, return_counts=True)
+            runs, counts = torch.unique_consecutive(species_index, return_counts=True)
             contrib = torch.empty(len(idx), pix.shape[1], k_labels, dtype=dt)
             start = 0
             for sp, n in zip(runs.tolist(), counts.tolist()):
@@ -758,7 +775,7 @@ class Synthesizer:
                 (x * node_valid[:, :, None]).to(g_line.dtype) for x in wings
             )  # (Lc, nodes, D)
             c = {k: v[:, None, :] for k, v in coef.items()}
-            pair = torch.searchsorted(keys, nodes * n_species + sub.species_index[:, None])
+            pair = torch.searchsorted(keys, nodes * n_species + species_index[:, None])
             pop_sums.index_add_(
                 0, pair[node_valid], kappa[node_valid]
             )  # invalid nodes: kappa is 0 and the key may not exist
