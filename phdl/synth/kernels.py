@@ -118,17 +118,40 @@ def core_gradient_terms(
             dl, edges, ramps, valid, ln_amp, width, damping, table, True, voigt_dtype, out_dtype
         )
     )
-    c = {k: v[:, None, :].to(out_dtype) for k, v in coef.items()}
-    by_state = torch.cat(
-        [
-            kappa * c["amp_t"] + k_width * c["width_t"] + k_damping * c["damping_t"],
-            k_damping * c["damping_ne"],
-            k_damping * c["damping_nh"],
-            (k_width * c["width_vmic"] + k_damping * c["damping_vmic"]).sum(dim=2, keepdim=True),
-        ],
-        dim=2,
+    t, ne, nh, vmic = _by_state(kappa, k_width, k_damping, coef, out_dtype)
+    return torch.cat([t, ne, nh, vmic.sum(dim=2, keepdim=True)], dim=2), kappa
+
+
+def wing_gradient_terms(
+    dl: torch.Tensor,
+    valid: torch.Tensor,
+    ln_amp: torch.Tensor,
+    width: torch.Tensor,
+    damping: torch.Tensor,
+    coef: dict[str, torch.Tensor],
+    voigt_dtype: torch.dtype,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coarse wings' partials on their nodes dl (Lc, n), `valid` (Lc, n) 1 on the nodes
+    inside the window: kappa (Lc, n, D) (to multiply by d ln population / d label) and
+    by_state (Lc, n, 4, D), its partials by T, n_e, n_HI and vmic per depth."""
+    kappa, k_width, k_damping = (
+        x * valid.to(out_dtype)[:, :, None]
+        for x in line_profile(dl, ln_amp, width, damping, None, True, True, voigt_dtype, out_dtype)
     )
-    return by_state, kappa
+    return torch.stack(_by_state(kappa, k_width, k_damping, coef, out_dtype), dim=2), kappa
+
+
+def _by_state(kappa, k_width, k_damping, coef, out_dtype) -> tuple[torch.Tensor, ...]:
+    """(partials of the line opacity) x (coefficients of line_tangent_coefficients): its parts
+    along d T, d n_e, d n_HI and d vmic, (Lc, W, D) each."""
+    c = {k: v[:, None, :].to(out_dtype) for k, v in coef.items()}
+    return (
+        kappa * c["amp_t"] + k_width * c["width_t"] + k_damping * c["damping_t"],
+        k_damping * c["damping_ne"],
+        k_damping * c["damping_nh"],
+        k_width * c["width_vmic"] + k_damping * c["damping_vmic"],
+    )
 
 
 class Kernel:
@@ -168,6 +191,7 @@ class Kernel:
 LINE_PROFILE = Kernel(line_profile)
 CORE_PROFILE = Kernel(core_profile)
 CORE_GRADIENT_TERMS = Kernel(core_gradient_terms)
+WING_GRADIENT_TERMS = Kernel(wing_gradient_terms)
 PLANCK_FLUX = Kernel(planck_flux)
 #: per line and depth, (L, D): ~50 elementwise operations on every line of the plan at once
 LINE_PARAMETERS = Kernel(line_parameters)

@@ -96,5 +96,7 @@ def read_label_table(path: str | Path, label_names: Sequence[str]) -> np.ndarray
             try:
                 out[i, j] = float(value) if value not in ("", None) else defaults.get(name, 0.0)
             except ValueError:
-                raise ValueError(f"{path}: row {i + 2}, column '{name}': not a number: {value!r}") from None
+                raise ValueError(
+                    f"{path}: row {i + 2}, column '{name}': not a number: {value!r}"
+                ) from None
     return out

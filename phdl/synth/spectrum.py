@@ -41,6 +41,7 @@ from phdl.synth.kernels import (
     LINE_TANGENT_COEFFICIENTS,
     PLANCK_FLUX,
     PLANCK_FLUX_AND_SENSITIVITIES,
+    WING_GRADIENT_TERMS,
 )
 from phdl.synth.lines import (
     HC_OVER_K_ANGSTROM,
@@ -111,6 +112,9 @@ class SynthConfig:
     #: line-opacity partials and their contraction with the state tangents (the gradient
     #: spectra's largest part): float32 halves its memory traffic, relative error ~1e-6
     gradient_dtype: torch.dtype = torch.float32
+    #: the line opacity summed on the fine grid (N, D): float32 halves its memory traffic,
+    #: the normalised flux changes by < 1e-8
+    line_dtype: torch.dtype = torch.float32
     dtype: torch.dtype = torch.float64
     #: fuse the line-opacity and transfer kernels with torch.compile (phdl.synth.kernels):
     #: ~2x faster per spectrum (with or without gradients), but the first call compiles
@@ -465,9 +469,10 @@ class Synthesizer:
         stride = max(self.config.wing_stride, 1)
         # rows of depth values are added at once (index_add_ along dim 0 is ~4x faster than
         # the same additions as one flat scatter)
-        kappa = torch.zeros(n_fine, n_depth, dtype=self.config.dtype)
-        wings = torch.zeros((n_fine - 1) // stride + 1, n_depth, dtype=self.config.dtype)
-        kw = self._kernel_args(self.config.dtype)
+        dt = self.config.line_dtype
+        kappa = torch.zeros(n_fine, n_depth, dtype=dt)
+        wings = torch.zeros((n_fine - 1) // stride + 1, n_depth, dtype=dt)
+        kw = self._kernel_args(dt)
         with torch.no_grad():
             parameters = LINE_PARAMETERS(state, plan.lines, compile=self.config.compile)
             for _, _, idx, inputs in self._line_chunks(plan):
@@ -743,6 +748,8 @@ class Synthesizer:
         # one matmul with their tangents after the loop, instead of one per line pixel
         core_sums = torch.zeros(n_fine, 3 * n_depth + 1, dtype=dt)
         kw = self._kernel_args(dt)
+        wing_kw = {**kw, "out_dtype": g_line.dtype}
+        del wing_kw["table"]
         coefficients = LINE_TANGENT_COEFFICIENTS(
             state, plan.lines, parameters, compile=self.config.compile
         )
@@ -770,24 +777,13 @@ class Synthesizer:
             )
             if nodes is None:
                 continue
-            wings = LINE_PROFILE(wing_dl, *params, far=True, derivatives=True, **kw)
-            kappa, k_width, k_damping = (
-                (x * node_valid[:, :, None]).to(g_line.dtype) for x in wings
-            )  # (Lc, nodes, D)
-            c = {k: v[:, None, :] for k, v in coef.items()}
+            by_state, kappa = WING_GRADIENT_TERMS(
+                wing_dl, node_valid, *params, coef, **wing_kw
+            )  # (Lc, nodes, 4, D), (Lc, nodes, D)
             pair = torch.searchsorted(keys, nodes * n_species + species_index[:, None])
             pop_sums.index_add_(
                 0, pair[node_valid], kappa[node_valid]
             )  # invalid nodes: kappa is 0 and the key may not exist
-            by_state = torch.stack(
-                [
-                    kappa * c["amp_t"] + k_width * c["width_t"] + k_damping * c["damping_t"],
-                    k_damping * c["damping_ne"],
-                    k_damping * c["damping_nh"],
-                    k_width * c["width_vmic"] + k_damping * c["damping_vmic"],
-                ],
-                dim=2,
-            )  # (Lc, nodes, 4, D)
             state_sums.view(n_nodes, -1).index_add_(
                 0, nodes.reshape(-1), by_state.reshape(-1, 4 * n_depth)
             )
