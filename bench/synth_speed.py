@@ -45,14 +45,15 @@ def load() -> str:
     return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
-def best_of(fn, repeats: int) -> tuple[float, float]:
-    """(best wall seconds, CPU seconds of that run) over `repeats` calls."""
-    best = (float("inf"), float("inf"))
+def best_of(fn, repeats: int) -> tuple[float, float, float]:
+    """(best wall seconds, CPU seconds of that run, median wall seconds) over `repeats` calls."""
+    runs = []
     for _ in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, (time.perf_counter() - wall, time.process_time() - cpu))
-    return best
+        runs.append((time.perf_counter() - wall, time.process_time() - cpu))
+    best = min(runs)
+    return best[0], best[1], float(np.median([wall for wall, _ in runs]))
 
 
 def time_spectra(
@@ -65,7 +66,8 @@ def time_spectra(
         synth = Synthesizer(inputs, wavelength=lamost_wavelength(lo, hi), config=config)
         start = time.perf_counter()
         synth.synthesize(labels, gradients=True)  # warm-up: imports, caches, compilation
-        out = {"first call": (time.perf_counter() - start, float("nan"))}
+        first = time.perf_counter() - start
+        out = {"first call": (first, float("nan"), first)}
         for gradients in (False, True):
             out["with gradients" if gradients else "flux only"] = best_of(
                 lambda g=gradients: synth.synthesize(labels, gradients=g), repeats
@@ -131,7 +133,7 @@ def main() -> None:
         if kept
         else "malloc: glibc defaults (freed big tensors go back to the kernel)"
     )
-    print(f"star {STAR}, best of {args.repeats} (wall s / CPU s)")
+    print(f"star {STAR}, best of {args.repeats} (wall s; median wall s; CPU s of the best)")
     ranges = [("demo window", DEMO_RANGE), ("50 A window", SMALL_RANGE)]
     if not args.skip_full:
         ranges.insert(0, ("full range", FULL_RANGE))
@@ -139,10 +141,11 @@ def main() -> None:
         times = {}
         for mode, config in configs.items():
             times[mode] = time_spectra(lo, hi, STAR, args.repeats, config, args.device)
-            for kind, (wall, cpu) in times[mode].items():
+            for kind, (wall, cpu, median) in times[mode].items():
                 print(
                     f"  {name:12s} {lo:.0f}-{hi:.0f} A  {mode:8s} {kind:15s} {wall:7.2f} s"
-                    f"  (CPU {cpu:6.2f} s; {args.threads} threads, {load()})"
+                    f"  (median {median:5.2f} s, CPU {cpu:6.2f} s; {args.threads} threads,"
+                    f" {load()})"
                 )
         for kind in ("flux only", "with gradients"):
             ratio = times["eager"][kind][0] / times["compiled"][kind][0]
