@@ -5,6 +5,7 @@ per-spectrum overhead, and the wall time of a 1000-spectrum `phdl synth` grid on
     python bench/synth_speed.py --skip-full        # the demo window only (quicker)
     python bench/synth_speed.py --grid-spectra 8   # also run `phdl synth` on 8 spectra for real
     python bench/synth_speed.py --malloc-default   # glibc's own malloc settings (see below)
+    python bench/synth_speed.py --star 4800 4.6 0  # another star (cool dwarfs have more lines)
 
 Times are best-of-N wall seconds (and the process CPU seconds of that run); on a shared host
 the load average is printed with them, since other jobs slow every number here. Each range is
@@ -117,6 +118,9 @@ def main() -> None:
     p.add_argument("--grid-spectra", type=int, default=0, help="also run phdl synth on this many")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
+        "--star", type=float, nargs=3, metavar=("TEFF", "LOGG", "FE_H"), help="another star"
+    )
+    p.add_argument(
         "--malloc-default", action="store_true", help="glibc's malloc settings, not phdl synth's"
     )
     args = p.parse_args()
@@ -133,14 +137,15 @@ def main() -> None:
         if kept
         else "malloc: glibc defaults (freed big tensors go back to the kernel)"
     )
-    print(f"star {STAR}, best of {args.repeats} (wall s; median wall s; CPU s of the best)")
+    star = dict(zip(("teff", "logg", "fe_h"), args.star)) if args.star else STAR
+    print(f"star {star}, best of {args.repeats} (wall s; median wall s; CPU s of the best)")
     ranges = [("demo window", DEMO_RANGE), ("50 A window", SMALL_RANGE)]
     if not args.skip_full:
         ranges.insert(0, ("full range", FULL_RANGE))
     for name, (lo, hi) in ranges:
         times = {}
         for mode, config in configs.items():
-            times[mode] = time_spectra(lo, hi, STAR, args.repeats, config, args.device)
+            times[mode] = time_spectra(lo, hi, star, args.repeats, config, args.device)
             for kind, (wall, cpu, median) in times[mode].items():
                 print(
                     f"  {name:12s} {lo:.0f}-{hi:.0f} A  {mode:8s} {kind:15s} {wall:7.2f} s"
