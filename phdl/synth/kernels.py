@@ -137,7 +137,17 @@ def wing_gradient_terms(
     by_state (Lc, n, 4, D), its partials by T, n_e, n_HI and vmic per depth."""
     kappa, k_width, k_damping = (
         x * valid.to(out_dtype)[:, :, None]
-        for x in line_profile(dl, ln_amp, width, damping, None, True, True, voigt_dtype, out_dtype)
+        for x in line_profile(
+            dl,
+            ln_amp,
+            width,
+            damping,
+            table=None,
+            far=True,
+            derivatives=True,
+            voigt_dtype=voigt_dtype,
+            out_dtype=out_dtype,
+        )
     )
     return torch.stack(_by_state(kappa, k_width, k_damping, coef, out_dtype), dim=2), kappa
 
@@ -188,12 +198,12 @@ class Kernel:
             return self.fn(*args, **kwargs)
 
 
+#: per line and depth, (L, D): ~50 elementwise operations on every line of the plan at once
+LINE_PARAMETERS = Kernel(line_parameters)
+LINE_TANGENT_COEFFICIENTS = Kernel(line_tangent_coefficients)
 LINE_PROFILE = Kernel(line_profile)
 CORE_PROFILE = Kernel(core_profile)
 CORE_GRADIENT_TERMS = Kernel(core_gradient_terms)
 WING_GRADIENT_TERMS = Kernel(wing_gradient_terms)
 PLANCK_FLUX = Kernel(planck_flux)
-#: per line and depth, (L, D): ~50 elementwise operations on every line of the plan at once
-LINE_PARAMETERS = Kernel(line_parameters)
-LINE_TANGENT_COEFFICIENTS = Kernel(line_tangent_coefficients)
 PLANCK_FLUX_AND_SENSITIVITIES = Kernel(planck_flux_and_sensitivities)

@@ -748,8 +748,12 @@ class Synthesizer:
         # one matmul with their tangents after the loop, instead of one per line pixel
         core_sums = torch.zeros(n_fine, 3 * n_depth + 1, dtype=dt)
         kw = self._kernel_args(dt)
-        wing_kw = {**kw, "out_dtype": g_line.dtype}
-        del wing_kw["table"]
+        # the wings need no Taylor table (asymptotic series only); their sums are float64
+        wing_kw = {
+            "voigt_dtype": kw["voigt_dtype"],
+            "out_dtype": g_line.dtype,
+            "compile": kw["compile"],
+        }
         coefficients = LINE_TANGENT_COEFFICIENTS(
             state, plan.lines, parameters, compile=self.config.compile
         )
