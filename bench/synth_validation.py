@@ -488,6 +488,7 @@ def single_line_plan(plan: LinePlan, index: int) -> LinePlan:
         lines=plan.lines.subset(idx),
         centre=plan.centre[idx],
         half_width=plan.half_width[idx],
+        inner=plan.inner[idx],
         buckets=[(int(plan.half_width[index]), torch.tensor([0]))],
     )
 
@@ -505,6 +506,7 @@ def ts_equivalent_widths(inputs: SynthInputs, eqw_file: Path, vmic: float) -> di
         lines=plan.lines.subset(torch.tensor([], dtype=torch.long)),
         centre=plan.centre[:0],
         half_width=plan.half_width[:0],
+        inner=plan.inner[:0],
         buckets=[],
     )
     fine, base = fine_flux(synth, labels, empty)

@@ -68,6 +68,7 @@ def core_profile(
     width: torch.Tensor,
     damping: torch.Tensor,
     table: tuple[torch.Tensor, torch.Tensor],
+    far: bool,
     derivatives: bool,
     voigt_dtype: torch.dtype,
     out_dtype: torch.dtype,
@@ -78,10 +79,12 @@ def core_profile(
     into the core: `edges` (Lc, 2) are the offsets of the left and right wing nodes, `ramps`
     (Lc, W, 2) their interpolation weights (zero for lines without coarse wings), `valid` (Lc, W)
     1 on the pixels the line covers, else 0. Core + interpolated wings = the line profile.
+    `far`: every pixel of dl has |v + i a| >= 6.5 (the asymptotic series alone).
     """
-    args = (ln_amp, width, damping, table, False, derivatives, voigt_dtype, out_dtype)
-    at_core = line_profile(dl, *args)
-    at_edges = line_profile(edges, *args)  # (Lc, 2, D) each
+    args = (ln_amp, width, damping, table)
+    at_core = line_profile(dl, *args, far, derivatives, voigt_dtype, out_dtype)
+    # (Lc, 2, D) each; edges of lines without wings are their centres (ramps 0): not far
+    at_edges = line_profile(edges, *args, False, derivatives, voigt_dtype, out_dtype)
     mask = valid.to(out_dtype)[:, :, None]
     r_left = ramps[:, :, 0, None].to(out_dtype)
     r_right = ramps[:, :, 1, None].to(out_dtype)
@@ -101,6 +104,7 @@ def core_gradient_terms(
     g: torch.Tensor,
     coef: dict[str, torch.Tensor],
     table: tuple[torch.Tensor, torch.Tensor],
+    far: bool,
     voigt_dtype: torch.dtype,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,12 +114,23 @@ def core_gradient_terms(
     parameters by the state (lines.line_tangent_coefficients, (Lc, D) each). Returns
     by_state (Lc, W, 3 D + 1): the T, n_e, n_HI parts and the vmic part (to multiply by
     d (T, n_e, n_HI, vmic) / d label), and g x kappa (Lc, W, D) (to multiply by
-    d ln population / d label).
+    d ln population / d label). `far`: as for core_profile.
     """
     kappa, k_width, k_damping = (
         g * x
         for x in core_profile(
-            dl, edges, ramps, valid, ln_amp, width, damping, table, True, voigt_dtype, out_dtype
+            dl,
+            edges,
+            ramps,
+            valid,
+            ln_amp,
+            width,
+            damping,
+            table,
+            far,
+            True,
+            voigt_dtype,
+            out_dtype,
         )
     )
     t, ne, nh, vmic = _by_state(kappa, k_width, k_damping, coef, out_dtype)

@@ -36,10 +36,10 @@ HC_OVER_K_ANGSTROM = 1.4387769e8
 K_B_EV = 8.617333262e-5
 
 #: |z| beyond which the asymptotic series is used; table node spacing and Taylor order.
-_ASYMPTOTIC_RADIUS = 6.5
+ASYMPTOTIC_RADIUS = 6.5
 _TABLE_STEP = 0.05
 _TAYLOR_ORDER = 5
-_TABLE_NODES = int(math.ceil(_ASYMPTOTIC_RADIUS / _TABLE_STEP)) + 2
+_TABLE_NODES = int(math.ceil(ASYMPTOTIC_RADIUS / _TABLE_STEP)) + 2
 #: (2n-1)!! / 2^n, n = 0..6: coefficients of the asymptotic series in 1/z^2.
 _ASYMPTOTIC = tuple(math.prod(range(1, 2 * n, 2)) / 2.0**n for n in range(7))
 
@@ -118,7 +118,7 @@ def faddeeva(
         # evaluating both branches everywhere; compiled, the blend below is one fused loop)
         table = table if table is not None else taylor_table(x.dtype, str(x.device))
         flat_x, flat_a = x.reshape(-1), a.reshape(-1)
-        inside = flat_x * flat_x + flat_a * flat_a < _ASYMPTOTIC_RADIUS**2
+        inside = flat_x * flat_x + flat_a * flat_a < ASYMPTOTIC_RADIUS**2
         re, im = torch.empty_like(flat_x), torch.empty_like(flat_x)
         for idx, fn in (
             (torch.nonzero(inside)[:, 0], lambda x_, a_: _faddeeva_taylor(x_, a_, table)),
@@ -131,13 +131,13 @@ def faddeeva(
         re, im = re.reshape(x.shape), im.reshape(x.shape)
     else:
         table = table if table is not None else taylor_table(x.dtype, str(x.device))
-        inside = x * x + a * a < _ASYMPTOTIC_RADIUS**2
+        inside = x * x + a * a < ASYMPTOTIC_RADIUS**2
         zero = torch.zeros_like(x)
         re_t, im_t = _faddeeva_taylor(
             torch.where(inside, x, zero), torch.where(inside, a, zero), table
         )
         # outside points only (inside ones get a harmless |z| = 6.5 stand-in)
-        re_a, im_a = _faddeeva_asymptotic(torch.where(inside, zero + _ASYMPTOTIC_RADIUS, x), a)
+        re_a, im_a = _faddeeva_asymptotic(torch.where(inside, zero + ASYMPTOTIC_RADIUS, x), a)
         re, im = torch.where(inside, re_t, re_a), torch.where(inside, im_t, im_a)
     # w(-x + i a) = conj(w(x + i a))
     return re, torch.where(v < 0, -im, im)

@@ -44,6 +44,7 @@ from phdl.synth.kernels import (
     WING_GRADIENT_TERMS,
 )
 from phdl.synth.lines import (
+    ASYMPTOTIC_RADIUS,
     HC_OVER_K_ANGSTROM,
     SQRT_PI,
     LineData,
@@ -132,11 +133,16 @@ class LinePlan:
     beyond it (out to `half`) their Voigt wings are evaluated on every `wing_stride`-th fine
     pixel and linearly interpolated (Synthesizer.line_opacity): the wing is smooth on the scale
     of its distance from the centre, so far fewer profile evaluations give the same opacity.
+
+    Beyond `inner` pixels from its centre a line has |v + i a| >= 6.5 at every depth: its
+    profile there is the asymptotic Voigt series alone, several times cheaper than the
+    table-Taylor branch that the pixels nearer the centre need.
     """
 
     lines: LineData
     centre: torch.Tensor  # (L,) fine-grid index of each line centre
     half_width: torch.Tensor  # (L,) pixels
+    inner: torch.Tensor  # (L,) pixels
     buckets: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (half, line idx)
     #: (core half width, window half width, line idx), pixels
     wing_buckets: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
@@ -357,13 +363,18 @@ class Synthesizer:
             pixels = torch.ceil(half / (lines.wavelength * self.ln_step)).long()
             # few distinct half widths (buckets) with little padding
             size = _bucket_size(pixels.clamp(min=2))
+            # |v| > 6.5 at every depth beyond `inner` pixels (one pixel of margin for labels
+            # near these, which reuse the plan)
+            inner = (
+                torch.ceil(ASYMPTOTIC_RADIUS * doppler / (lines.wavelength * self.ln_step)).long()
+                + 1
+            )
             core = torch.zeros_like(size)  # 0: no coarse wings
             stride = cfg.wing_stride
             if stride:
-                # the core reaches |v| > 6.5 at every depth (the wings then need only the
-                # asymptotic Voigt series); the window (and one wing node) lies inside the grid
-                doppler_px = torch.ceil(6.5 * doppler / (lines.wavelength * self.ln_step)) + 1
-                core_px = _bucket_size(doppler_px.long().clamp(min=cfg.core_half_width))
+                # the core reaches beyond `inner` (the wings then need only the asymptotic
+                # Voigt series); the window (and one wing node) lies inside the grid
+                core_px = _bucket_size(inner.clamp(min=cfg.core_half_width))
                 wing = (
                     (size > 2 * core_px)
                     & (centre - size - 2 * stride >= 0)
@@ -385,7 +396,12 @@ class Synthesizer:
                 else:
                     buckets.append((int(h), idx))
         return LinePlan(
-            lines=lines, centre=centre, half_width=size, buckets=buckets, wing_buckets=wing_buckets
+            lines=lines,
+            centre=centre,
+            half_width=size,
+            inner=inner,
+            buckets=buckets,
+            wing_buckets=wing_buckets,
         )
 
     def _line_chunks(self, plan: LinePlan) -> list[tuple[int, int, torch.Tensor, tuple]]:
@@ -441,13 +457,26 @@ class Synthesizer:
         return pix, valid, torch.cat([left, right], dim=1), ramps, nodes, node_valid
 
     def _core_inputs(self, plan: LinePlan, idx: torch.Tensor, core: int, half: int):
-        """(pix, valid, dl, edges, ramps, nodes, node_valid, wing dl) of a chunk of lines:
-        _line_windows with the pixels as wavelength offsets from each line's centre [A]."""
+        """(parts, edges, nodes, node_valid, wing dl) of a chunk of lines: _line_windows with
+        the pixels as wavelength offsets from each line's centre [A], split in two `parts`
+        (far, pix, valid, dl, ramps): the pixels within the chunk's largest `inner` of the
+        centre (far False) and those beyond (far True: the asymptotic Voigt series alone)."""
         pix, valid, edges, ramps, nodes, node_valid = self._line_windows(plan, idx, core, half)
         centre = plan.lines.wavelength[idx][:, None]
         dl, edges = _take(self.fine, pix) - centre, _take(self.fine, edges) - centre
         wing_dl = None if nodes is None else self.fine[nodes * self.config.wing_stride] - centre
-        return pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl
+        middle = pix.shape[1] // 2  # the windows are centred on the line
+        n_inner = min(int(plan.inner[idx].max()), middle)
+        near = torch.zeros(pix.shape[1], dtype=torch.bool)
+        near[middle - n_inner : middle + n_inner + 1] = True
+        parts = []
+        for far, columns in ((False, near), (True, ~near)):
+            if columns.any():
+                part_dl = dl[:, columns]
+                if far:  # pixels outside the grid (clamped there, masked out): a far stand-in
+                    part_dl = torch.where(valid[:, columns], part_dl, 1e3)
+                parts.append((far, pix[:, columns], valid[:, columns], part_dl, ramps[:, columns]))
+        return parts, edges, nodes, node_valid, wing_dl
 
     def _kernel_args(self, dtype: torch.dtype) -> dict:
         """Keyword arguments every line kernel takes (phdl.synth.kernels)."""
@@ -475,11 +504,13 @@ class Synthesizer:
         kw = self._kernel_args(dt)
         with torch.no_grad():
             parameters = LINE_PARAMETERS(state, plan.lines, compile=self.config.compile)
-            for _, _, idx, inputs in self._line_chunks(plan):
+            for _, _, idx, (parts, edges, nodes, node_valid, wing_dl) in self._line_chunks(plan):
                 params = tuple(x[idx] for x in parameters)
-                pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = inputs
-                (k,) = CORE_PROFILE(dl, edges, ramps, valid, *params, derivatives=False, **kw)
-                kappa.index_add_(0, pix.reshape(-1), k.reshape(-1, n_depth))
+                for far, pix, valid, dl, ramps in parts:
+                    (k,) = CORE_PROFILE(
+                        dl, edges, ramps, valid, *params, far=far, derivatives=False, **kw
+                    )
+                    kappa.index_add_(0, pix.reshape(-1), k.reshape(-1, n_depth))
                 if nodes is not None:
                     (wing,) = LINE_PROFILE(wing_dl, *params, far=True, derivatives=False, **kw)
                     wings.index_add_(
@@ -731,7 +762,7 @@ class Synthesizer:
         # the (node, species) pairs of the wings, node-major: key = node * n_species + species
         keys = [
             (nodes * n_species + plan.lines.species_index[idx][:, None])[node_valid]
-            for _, _, idx, (*_, nodes, node_valid, _) in self._line_chunks(plan)
+            for _, _, idx, (_, _, nodes, node_valid, _) in self._line_chunks(plan)
             if nodes is not None
         ]
         keys = torch.unique(torch.cat(keys)) if keys else None
@@ -757,28 +788,30 @@ class Synthesizer:
         coefficients = LINE_TANGENT_COEFFICIENTS(
             state, plan.lines, parameters, compile=self.config.compile
         )
-        for _, _, idx, inputs in self._line_chunks(plan):
+        for _, _, idx, (parts, edges, nodes, node_valid, wing_dl) in self._line_chunks(plan):
             params = tuple(x[idx] for x in parameters)
             coef = {k: v[idx] for k, v in coefficients.items()}
             species_index = plan.lines.species_index[idx]
-            pix, valid, dl, edges, ramps, nodes, node_valid, wing_dl = inputs
-            g = _take(g_pad, torch.where(valid, pix, n_fine))  # (Lc, W, D); 0 where invalid
-            # the line-parameter tangents, never formed per line (coefficients of
-            # line_tangent_coefficients): the T, n_e, n_HI, vmic parts summed into core_sums ...
-            by_state, kappa = CORE_GRADIENT_TERMS(dl, edges, ramps, valid, *params, g, coef, **kw)
-            core_sums.index_add_(0, pix.reshape(-1), by_state.reshape(len(pix.reshape(-1)), -1))
-            # ... and the population part per species (lines sorted by species in the plan)
-            kappa = kappa.reshape(len(idx), -1)
             runs, counts = torch.unique_consecutive(species_index, return_counts=True)
-            contrib = torch.empty(len(idx), pix.shape[1], k_labels, dtype=dt)
-            start = 0
-            for sp, n in zip(runs.tolist(), counts.tolist()):
-                rows = kappa[start : start + n].reshape(-1, n_depth)
-                contrib[start : start + n] = (rows @ d_pop_all[sp]).reshape(n, -1, k_labels)
-                start += n
-            dflux.index_add_(
-                0, pix.reshape(-1), contrib.reshape(-1, contrib.shape[-1]).to(dflux.dtype)
-            )
+            runs, counts = runs.tolist(), counts.tolist()
+            for far, pix, valid, dl, ramps in parts:
+                g = _take(g_pad, torch.where(valid, pix, n_fine))  # (Lc, W, D); 0 where invalid
+                # the line-parameter tangents, never formed per line (coefficients of
+                # line_tangent_coefficients): the T, n_e, n_HI, vmic parts into core_sums ...
+                by_state, kappa = CORE_GRADIENT_TERMS(
+                    dl, edges, ramps, valid, *params, g, coef, far=far, **kw
+                )
+                flat = pix.reshape(-1)
+                core_sums.index_add_(0, flat, by_state.reshape(len(flat), -1))
+                # ... and the population part per species (lines sorted by species in the plan)
+                kappa = kappa.reshape(len(idx), -1)
+                contrib = torch.empty(len(idx), pix.shape[1], k_labels, dtype=dt)
+                start = 0
+                for sp, n in zip(runs, counts):
+                    rows = kappa[start : start + n].reshape(-1, n_depth)
+                    contrib[start : start + n] = (rows @ d_pop_all[sp]).reshape(n, -1, k_labels)
+                    start += n
+                dflux.index_add_(0, flat, contrib.reshape(-1, k_labels).to(dflux.dtype))
             if nodes is None:
                 continue
             by_state, kappa = WING_GRADIENT_TERMS(
