@@ -23,6 +23,7 @@ import torch
 
 from phdl.synth.lines import (
     SQRT_PI,
+    faddeeva,
     line_parameters,
     line_tangent_coefficients,
     voigt_and_derivatives,
@@ -40,23 +41,30 @@ def line_profile(
     derivatives: bool,
     voigt_dtype: torch.dtype,
     out_dtype: torch.dtype,
+    faddeeva_w: tuple[torch.Tensor, torch.Tensor] | None = None,
+    keep_w: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Line opacity [cm^-1] at offsets dl (Lc, W), (Lc, W, D); with `derivatives` also its
     partials by the Doppler width [cm^-1 / Angstrom] and by the damping a.
 
-    `far`: every |v + i a| >= 6.5 (line wings: the asymptotic series alone).
+    `far`: every |v + i a| >= 6.5 (line wings: the asymptotic series alone). `faddeeva_w`:
+    the Faddeeva function at these points, (real, imag) (Lc, W, D) in voigt_dtype, where an
+    earlier call returned it (`keep_w`: appended to the outputs).
     """
     w = width[:, None, :]
     v = (dl[:, :, None] / w).to(voigt_dtype)
     a = damping[:, None, :].expand_as(v).to(voigt_dtype)
-    h, dh_dv, dh_da = (x.to(out_dtype) for x in voigt_and_derivatives(v, a, far, table))
+    if faddeeva_w is None:
+        faddeeva_w = faddeeva(v, a, far, table)
+    h, dh_dv, dh_da = (x.to(out_dtype) for x in voigt_and_derivatives(v, a, w=faddeeva_w))
     w = w.to(out_dtype)
     scale = torch.exp(ln_amp).to(out_dtype)[:, None, :] / (SQRT_PI * w)  # (Lc, 1, D)
     kappa = h * scale
+    kept = tuple(faddeeva_w) if keep_w else ()
     if not derivatives:
-        return (kappa,)
+        return (kappa, *kept)
     d_width = (h + v.to(out_dtype) * dh_dv) * (-scale / w)
-    return kappa, d_width, dh_da * scale
+    return kappa, d_width, dh_da * scale, *kept
 
 
 def core_profile(
@@ -72,6 +80,8 @@ def core_profile(
     derivatives: bool,
     voigt_dtype: torch.dtype,
     out_dtype: torch.dtype,
+    faddeeva_w: tuple[torch.Tensor, torch.Tensor] | None = None,
+    keep_w: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """The fine-grid part of the line opacity (and partials) of lines with coarse wings.
 
@@ -79,17 +89,23 @@ def core_profile(
     into the core: `edges` (Lc, 2) are the offsets of the left and right wing nodes, `ramps`
     (Lc, W, 2) their interpolation weights (zero for lines without coarse wings), `valid` (Lc, W)
     1 on the pixels the line covers, else 0. Core + interpolated wings = the line profile.
-    `far`: every pixel of dl has |v + i a| >= 6.5 (the asymptotic series alone).
+    `far`: every pixel of dl has |v + i a| >= 6.5 (the asymptotic series alone);
+    `faddeeva_w`, `keep_w`: as for line_profile, at the pixels dl.
     """
     args = (ln_amp, width, damping, table)
-    at_core = line_profile(dl, *args, far, derivatives, voigt_dtype, out_dtype)
+    at_core = line_profile(
+        dl, *args, far, derivatives, voigt_dtype, out_dtype, faddeeva_w=faddeeva_w, keep_w=keep_w
+    )
+    kept = at_core[len(at_core) - 2 :] if keep_w else ()
+    at_core = at_core[: len(at_core) - len(kept)]
     # (Lc, 2, D) each; edges of lines without wings are their centres (ramps 0): not far
     at_edges = line_profile(edges, *args, False, derivatives, voigt_dtype, out_dtype)
     mask = valid.to(out_dtype)[:, :, None]
     r_left = ramps[:, :, 0, None].to(out_dtype)
     r_right = ramps[:, :, 1, None].to(out_dtype)
-    return tuple(
-        (x - r_left * e[:, :1] - r_right * e[:, 1:]) * mask for x, e in zip(at_core, at_edges)
+    return (
+        *((x - r_left * e[:, :1] - r_right * e[:, 1:]) * mask for x, e in zip(at_core, at_edges)),
+        *kept,
     )
 
 
@@ -107,6 +123,7 @@ def core_gradient_terms(
     far: bool,
     voigt_dtype: torch.dtype,
     out_dtype: torch.dtype,
+    faddeeva_w: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The line cores' share of d F / d state, before the chain rule to the labels.
 
@@ -114,7 +131,8 @@ def core_gradient_terms(
     parameters by the state (lines.line_tangent_coefficients, (Lc, D) each). Returns
     by_state (Lc, W, 3 D + 1): the T, n_e, n_HI parts and the vmic part (to multiply by
     d (T, n_e, n_HI, vmic) / d label), and g x kappa (Lc, W, D) (to multiply by
-    d ln population / d label). `far`: as for core_profile.
+    d ln population / d label). `far`, `faddeeva_w`: as for core_profile (the Faddeeva
+    function kept by the opacity pass saves its table-Taylor branch, the costliest part).
     """
     kappa, k_width, k_damping = (
         g * x
@@ -131,6 +149,7 @@ def core_gradient_terms(
             True,
             voigt_dtype,
             out_dtype,
+            faddeeva_w=faddeeva_w,
         )
     )
     t, ne, nh, vmic = _by_state(kappa, k_width, k_damping, coef, out_dtype)

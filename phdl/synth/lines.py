@@ -148,12 +148,13 @@ def voigt_and_derivatives(
     a: torch.Tensor,
     far: bool = False,
     table: tuple[torch.Tensor, torch.Tensor] | None = None,
+    w: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Voigt H(a, v) (normalised to sqrt(pi) over v) and its exact partials dH/dv, dH/da.
 
-    `far`, `table`: as for `faddeeva`.
+    `far`, `table`: as for `faddeeva`; `w`: faddeeva(v, a) where already computed.
     """
-    re, im = faddeeva(v, a, far, table)
+    re, im = w if w is not None else faddeeva(v, a, far, table)
     # w' = -2 z w + 2i/sqrt(pi), z = v + i a
     d_re = -2.0 * (v * re - a * im)
     d_im = -2.0 * (v * im + a * re) + 2.0 / SQRT_PI

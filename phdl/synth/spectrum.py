@@ -489,10 +489,13 @@ class Synthesizer:
         }
 
     def line_opacity(
-        self, state: dict[str, torch.Tensor], plan: LinePlan, return_parameters: bool = False
+        self, state: dict[str, torch.Tensor], plan: LinePlan, for_gradients: bool = False
     ):
         """Total line opacity [cm^-1] on the fine grid, (N, D), without autograd; with
-        `return_parameters` also the line parameters of plan.lines, (L, D) each."""
+        `for_gradients` also what the gradient pass (_line_gradients) reuses: the line
+        parameters of plan.lines, (L, D) each, and per chunk and part of _line_chunks the
+        Faddeeva function of the pixels nearest the centre ((real, imag), None for far parts):
+        its table-Taylor branch is the costliest part of both passes."""
         n_depth = state["temperature"].shape[0]
         n_fine = self.fine.shape[0]
         stride = max(self.config.wing_stride, 1)
@@ -502,14 +505,26 @@ class Synthesizer:
         kappa = torch.zeros(n_fine, n_depth, dtype=dt)
         wings = torch.zeros((n_fine - 1) // stride + 1, n_depth, dtype=dt)
         kw = self._kernel_args(dt)
+        kept = []
         with torch.no_grad():
             parameters = LINE_PARAMETERS(state, plan.lines, compile=self.config.compile)
             for _, _, idx, (parts, edges, nodes, node_valid, wing_dl) in self._line_chunks(plan):
                 params = tuple(x[idx] for x in parameters)
+                kept.append([])
                 for far, pix, valid, dl, ramps in parts:
-                    (k,) = CORE_PROFILE(
-                        dl, edges, ramps, valid, *params, far=far, derivatives=False, **kw
+                    keep_w = for_gradients and not far
+                    k, *w = CORE_PROFILE(
+                        dl,
+                        edges,
+                        ramps,
+                        valid,
+                        *params,
+                        far=far,
+                        derivatives=False,
+                        keep_w=keep_w,
+                        **kw,
                     )
+                    kept[-1].append(tuple(w) if keep_w else None)
                     kappa.index_add_(0, pix.reshape(-1), k.reshape(-1, n_depth))
                 if nodes is not None:
                     (wing,) = LINE_PROFILE(wing_dl, *params, far=True, derivatives=False, **kw)
@@ -520,7 +535,7 @@ class Synthesizer:
                 for start in range(0, n_fine, self.config.chunk):
                     stop = min(start + self.config.chunk, n_fine)
                     kappa[start:stop] += self._interp(wings, stride, start, stop)
-        return (kappa, parameters) if return_parameters else kappa
+        return (kappa, parameters, kept) if for_gradients else kappa
 
     # ------------------------------------------------------------------ synthesis
     def synthesize(
@@ -557,9 +572,9 @@ class Synthesizer:
             if return_fine:
                 return flux, None
             return (self._kernel @ flux[:, None])[:, 0], None
-        kappa_line, parameters = self.line_opacity(state, plan, return_parameters=True)
+        kappa_line, *reused = self.line_opacity(state, plan, for_gradients=True)
         return self._synthesize_with_gradients(
-            theta, state, jac, plan, kappa_line, parameters, cont, cont_partials, return_fine
+            theta, state, jac, plan, kappa_line, reused, cont, cont_partials, return_fine
         )
 
     def _interp_all(self, coarse: torch.Tensor) -> torch.Tensor:
@@ -639,7 +654,7 @@ class Synthesizer:
         return value, {entry: out[:, q] for q, entry in enumerate(entries)}
 
     def _synthesize_with_gradients(
-        self, theta, state, jac, plan, kappa_line, parameters, cont, cont_partials, return_fine
+        self, theta, state, jac, plan, kappa_line, reused, cont, cont_partials, return_fine
     ):
         cfg = self.config
         n_fine = self.fine.shape[0]
@@ -685,7 +700,7 @@ class Synthesizer:
             dflux[start:stop] += (torch.cat(d_structure, dim=1).to(gdt) @ structure_tangents).to(
                 dflux.dtype
             )
-        wing_nodes = self._line_gradients(state, jac, plan, parameters, g_line, dflux)
+        wing_nodes = self._line_gradients(state, jac, plan, *reused, g_line, dflux)
         # every opacity interpolated from nodes (continuum, hydrogen, line wings): per node
         # (Q, nodes, D) partials by Q state entries and their (Q, D, K) tangents; the sources
         # on the same nodes are contracted with G together, each stride on its own nodes
@@ -738,7 +753,7 @@ class Synthesizer:
         out = torch.bmm(rows * (1 - t), table[:n_nodes]) + torch.bmm(rows * t, table[1:])
         return out.reshape(-1, out.shape[-1])[pad : pad + stop - start]
 
-    def _line_gradients(self, state, jac, plan, parameters, g_line, dflux):
+    def _line_gradients(self, state, jac, plan, parameters, kept, g_line, dflux):
         """Add sum_d G(lambda, d) d kappa_line(lambda, d)/d label of the line cores (exact);
         return the tangents of the coarse wings on their nodes (or None without wings).
 
@@ -752,6 +767,7 @@ class Synthesizer:
         U_x(node, d) dx(d, k) (J_s = d ln population / d label, x = T, n_e, n_HI, vmic), and
         contracted with G once per fine pixel by the caller, whatever the number of lines.
         P_s is kept only on the (node, species) pairs some wing reaches (~5% of all).
+        `parameters`, `kept`: what line_opacity(for_gradients=True) returned besides kappa.
         """
         dt = self.config.gradient_dtype
         g_pad = torch.cat([g_line.to(dt), torch.zeros_like(g_line[:1], dtype=dt)])
@@ -788,18 +804,19 @@ class Synthesizer:
         coefficients = LINE_TANGENT_COEFFICIENTS(
             state, plan.lines, parameters, compile=self.config.compile
         )
-        for _, _, idx, (parts, edges, nodes, node_valid, wing_dl) in self._line_chunks(plan):
+        chunks = zip(self._line_chunks(plan), kept)
+        for (_, _, idx, (parts, edges, nodes, node_valid, wing_dl)), kept_w in chunks:
             params = tuple(x[idx] for x in parameters)
             coef = {k: v[idx] for k, v in coefficients.items()}
             species_index = plan.lines.species_index[idx]
             runs, counts = torch.unique_consecutive(species_index, return_counts=True)
             runs, counts = runs.tolist(), counts.tolist()
-            for far, pix, valid, dl, ramps in parts:
+            for (far, pix, valid, dl, ramps), w in zip(parts, kept_w):
                 g = _take(g_pad, torch.where(valid, pix, n_fine))  # (Lc, W, D); 0 where invalid
                 # the line-parameter tangents, never formed per line (coefficients of
                 # line_tangent_coefficients): the T, n_e, n_HI, vmic parts into core_sums ...
                 by_state, kappa = CORE_GRADIENT_TERMS(
-                    dl, edges, ramps, valid, *params, g, coef, far=far, **kw
+                    dl, edges, ramps, valid, *params, g, coef, far=far, faddeeva_w=w, **kw
                 )
                 flat = pix.reshape(-1)
                 core_sums.index_add_(0, flat, by_state.reshape(len(flat), -1))
