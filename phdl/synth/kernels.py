@@ -70,7 +70,7 @@ def line_profile(
 def core_profile(
     dl: torch.Tensor,
     edges: torch.Tensor,
-    ramps: torch.Tensor,
+    ramps: torch.Tensor | None,
     valid: torch.Tensor,
     ln_amp: torch.Tensor,
     width: torch.Tensor,
@@ -87,8 +87,10 @@ def core_profile(
 
     The profile on the core pixels dl (Lc, W), minus the two wing nodes' linear interpolation
     into the core: `edges` (Lc, 2) are the offsets of the left and right wing nodes, `ramps`
-    (Lc, W, 2) their interpolation weights (zero for lines without coarse wings), `valid` (Lc, W)
-    1 on the pixels the line covers, else 0. Core + interpolated wings = the line profile.
+    (Lc, W, 2) their interpolation weights, or None where they are all zero (lines without
+    coarse wings, pixels farther than a stride from both nodes): the edges are then not
+    evaluated. `valid` (Lc, W) 1 on the pixels the line covers, else 0. Core + interpolated
+    wings = the line profile.
     `far`: every pixel of dl has |v + i a| >= 6.5 (the asymptotic series alone);
     `faddeeva_w`, `keep_w`: as for line_profile, at the pixels dl.
     """
@@ -98,9 +100,11 @@ def core_profile(
     )
     kept = at_core[len(at_core) - 2 :] if keep_w else ()
     at_core = at_core[: len(at_core) - len(kept)]
-    # (Lc, 2, D) each; edges of lines without wings are their centres (ramps 0): not far
-    at_edges = line_profile(edges, *args, False, derivatives, voigt_dtype, out_dtype)
     mask = valid.to(out_dtype)[:, :, None]
+    if ramps is None:
+        return (*(x * mask for x in at_core), *kept)
+    # (Lc, 2, D) each; the wing nodes nearest the centre: not far
+    at_edges = line_profile(edges, *args, False, derivatives, voigt_dtype, out_dtype)
     r_left = ramps[:, :, 0, None].to(out_dtype)
     r_right = ramps[:, :, 1, None].to(out_dtype)
     return (
@@ -112,7 +116,7 @@ def core_profile(
 def core_gradient_terms(
     dl: torch.Tensor,
     edges: torch.Tensor,
-    ramps: torch.Tensor,
+    ramps: torch.Tensor | None,
     valid: torch.Tensor,
     ln_amp: torch.Tensor,
     width: torch.Tensor,

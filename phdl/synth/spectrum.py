@@ -460,7 +460,8 @@ class Synthesizer:
         """(parts, edges, nodes, node_valid, wing dl) of a chunk of lines: _line_windows with
         the pixels as wavelength offsets from each line's centre [A], split in two `parts`
         (far, pix, valid, dl, ramps): the pixels within the chunk's largest `inner` of the
-        centre (far False) and those beyond (far True: the asymptotic Voigt series alone)."""
+        centre (far False) and those beyond (far True: the asymptotic Voigt series alone);
+        ramps None where no wing interpolation reaches a part (kernels.core_profile)."""
         pix, valid, edges, ramps, nodes, node_valid = self._line_windows(plan, idx, core, half)
         centre = plan.lines.wavelength[idx][:, None]
         dl, edges = _take(self.fine, pix) - centre, _take(self.fine, edges) - centre
@@ -475,7 +476,10 @@ class Synthesizer:
                 part_dl = dl[:, columns]
                 if far:  # pixels outside the grid (clamped there, masked out): a far stand-in
                     part_dl = torch.where(valid[:, columns], part_dl, 1e3)
-                parts.append((far, pix[:, columns], valid[:, columns], part_dl, ramps[:, columns]))
+                part_ramps = ramps[:, columns]
+                if not bool(part_ramps.any()):  # no wing interpolation reaches these pixels
+                    part_ramps = None
+                parts.append((far, pix[:, columns], valid[:, columns], part_dl, part_ramps))
         return parts, edges, nodes, node_valid, wing_dl
 
     def _kernel_args(self, dtype: torch.dtype) -> dict:
