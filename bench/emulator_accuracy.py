@@ -68,7 +68,12 @@ def train(grid: str, settings: dict, args) -> tuple[EmulatorModule, GridDataModu
         seed=args.seed,
     )
     if settings.get("gradient_weight", 0) > 0:
-        settings = {**settings, "gradient_sampling": args.sampling}
+        settings = {
+            **settings,
+            "gradient_sampling": args.sampling,
+            "gradient_normalise": args.normalise,
+            "gradient_weight": args.gradient_weight,
+        }
     module = EmulatorModule.from_datamodule(
         data,
         patch_size=args.patch_size,
@@ -177,14 +182,27 @@ def main() -> None:
         choices=["dense", "uniform", "error"],
         help="gradient directions of the prior model (EmulatorModule.gradient_sampling)",
     )
+    parser.add_argument(
+        "--normalise",
+        default="spectrum",
+        choices=["spectrum", "typical", "none"],
+        help="what each label's gradient error is divided by (EmulatorModule.gradient_normalise)",
+    )
+    parser.add_argument(
+        "--gradient-weight", type=float, default=0.5,
+        help="lambda of the prior model (relative balance: lambda x the flux term)",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--constant-lr", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--ratio-only", action="store_true", help="measure the step-time ratio only")
+    parser.add_argument(
+        "--ratio-only", action="store_true", help="measure the step-time ratio only"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 

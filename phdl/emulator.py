@@ -35,6 +35,7 @@ FLUX_LOSSES = ("mse", "l1")
 SCHEDULERS = ("cosine", "onecycle", "constant")
 GRADIENT_SAMPLING = ("uniform", "error", "dense")
 GRADIENT_BALANCE = ("fixed", "relative")
+GRADIENT_NORMALISE = ("typical", "spectrum", "none")
 #: Rows (spectrum x label) per forward-mode pass when validating gradients: bounds memory.
 VAL_ROWS = 128
 
@@ -83,10 +84,15 @@ class EmulatorModule(LightningModule):
             proportion to each label's running gradient error, so badly learnt labels get more):
             one-hot directions, one label each. 'dense': each direction is a random +-1
             combination of every label with gradient spectra, each label's component divided by
-            its typical gradient size (with gradient_normalise), so one forward-mode pass checks
+            its gradient size (gradient_normalise), so one forward-mode pass checks
             all labels at once and its expected squared error is the sum of the labels'
             normalised errors (weak-lined elements are not drowned by Teff).
-        gradient_normalise: divide each label's gradient error by its typical gradient size.
+        gradient_normalise: what each label's gradient error is divided by: 'typical' (its
+            typical gradient size over the grid), 'spectrum' (the rms of that spectrum's own
+            gradient spectrum, floored at LabelScaling.gradient_floor: the loss then measures the
+            relative error per spectrum that validation and `phdl report` measure, so spectra
+            where a label's lines are weak count as much as those where they are strong) or
+            'none'. True / False are 'typical' / 'none' (checkpoints from before 'spectrum').
         gradient_start_step: optimiser steps on fluxes only before the gradient term starts.
         gradient_warmup_steps: steps over which lambda then ramps linearly from 0.
         gradient_every: apply the gradient term on every n-th step only (cheaper steps between).
@@ -123,7 +129,7 @@ class EmulatorModule(LightningModule):
         gradient_directions: int = 2,
         gradient_spectra: int | None = None,
         gradient_sampling: str = "uniform",
-        gradient_normalise: bool = True,
+        gradient_normalise: str | bool = "spectrum",
         gradient_start_step: int = 0,
         gradient_warmup_steps: int = 0,
         gradient_every: int = 1,
@@ -142,7 +148,11 @@ class EmulatorModule(LightningModule):
                 "GridDataModule through `phdl fit` (they are linked automatically) or build it "
                 "with EmulatorModule.from_datamodule(datamodule, ...)"
             )
+        if isinstance(gradient_normalise, bool):
+            gradient_normalise = "typical" if gradient_normalise else "none"
+            self.hparams.gradient_normalise = gradient_normalise
         for name, value, allowed in (
+            ("gradient_normalise", gradient_normalise, GRADIENT_NORMALISE),
             ("flux_loss", flux_loss, FLUX_LOSSES),
             ("scheduler", scheduler, SCHEDULERS),
             ("gradient_sampling", gradient_sampling, GRADIENT_SAMPLING),
@@ -279,8 +289,9 @@ class EmulatorModule(LightningModule):
         d = self.hparams.gradient_directions
         signs = torch.randint(0, 2, (b, d, k), device=mask.device).to(gradients.dtype) * 2 - 1
         weights = signs * mask[:, None, :].to(gradients.dtype)
-        if self.hparams.gradient_normalise:
-            weights = weights / self.gradient_size
+        scale = self.gradient_normalisation(gradients)
+        if scale is not None:
+            weights = weights / (scale if scale.ndim == 1 else scale[:, None, :])
         # d / d physical label_k = (d / d scaled label) / span: fold the span into the tangent.
         span = self.label_span[self.gradient_label_index]
         tangent = torch.zeros(b, d, scaled_labels.shape[1], dtype=scaled_labels.dtype,
@@ -299,9 +310,22 @@ class EmulatorModule(LightningModule):
         """Per (spectrum, direction) loss (B, D): pixel mean of the (normalised) error."""
         target = gradients.gather(1, columns[..., None].expand(-1, -1, gradients.shape[-1]))
         error = derivatives - target
-        if self.hparams.gradient_normalise:
-            error = error / self.gradient_size[columns][..., None]
+        scale = self.gradient_normalisation(gradients)
+        if scale is not None:
+            picked = scale[columns] if scale.ndim == 1 else scale.gather(1, columns)
+            error = error / picked[..., None]
         return _pointwise(error, self.hparams.flux_loss).mean(-1)
+
+    def gradient_normalisation(self, gradients: torch.Tensor) -> torch.Tensor | None:
+        """What each label's gradient error is divided by (gradient_normalise): (K,) typical
+        sizes, (B, K) per-spectrum rms sizes floored as in validation, or None."""
+        mode = self.hparams.gradient_normalise
+        if mode == "typical":
+            return self.gradient_size
+        if mode == "spectrum":
+            rms = gradients.square().mean(-1).sqrt()
+            return torch.maximum(rms, self.gradient_floor.to(rms.dtype))
+        return None
 
     # -- steps --------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -144,7 +144,10 @@ def test_gradient_term_is_zero_for_the_exact_emulator(toy_grid):
     ).abs().max() > 1e-2
 
 
-def test_dense_directions_are_zero_for_the_exact_emulator_and_average_to_one_hot(toy_grid):
+@pytest.mark.parametrize("normalise", ["typical", "spectrum"])
+def test_dense_directions_are_zero_for_the_exact_emulator_and_average_to_one_hot(
+    toy_grid, normalise
+):
     """'dense' sampling: no error for the exact model; for any other model its expected loss is
     the mean of the per-label normalised errors that one-hot directions measure one at a time."""
     from phdl.labels import DEFAULT_RANGES
@@ -152,7 +155,7 @@ def test_dense_directions_are_zero_for_the_exact_emulator_and_average_to_one_hot
     datamodule = GridDataModule(str(toy_grid), batch_size=4)
     names = datamodule.info.label_names
     module = _module(datamodule, gradient_weight=1.0, gradient_sampling="dense",
-                     gradient_directions=4000).double()  # fmt: skip
+                     gradient_directions=4000, gradient_normalise=normalise).double()  # fmt: skip
     batch = {
         k: v.double() if v.is_floating_point() else v for k, v in _first_batch(datamodule).items()
     }
@@ -170,6 +173,32 @@ def test_dense_directions_are_zero_for_the_exact_emulator_and_average_to_one_hot
     module.network = exact.double()
     _, dense = module.dense_gradient_errors(batch["labels"], batch["gradients"], mask)
     assert dense.max() < 1e-7  # float32 grid and scaling; a wrong model scores ~1
+
+
+def test_spectrum_normalised_loss_is_the_squared_relative_error_that_validation_reports(toy_grid):
+    """gradient_normalise='spectrum': each (spectrum, label) loss term is exactly the square of
+    the floored relative error that validation logs (and phdl.report computes), so training
+    minimises what is measured; 'typical' weighs every spectrum by one size per label instead."""
+    datamodule = GridDataModule(str(toy_grid), batch_size=6)
+    batch = {
+        k: v.double() if v.is_floating_point() else v for k, v in _first_batch(datamodule).items()
+    }
+    gradients = batch["gradients"].clone()
+    gradients[0, 1] *= 1e-3  # a spectrum where one label barely moves the flux: the floor acts
+    module = _module(datamodule, gradient_weight=1.0, gradient_normalise="spectrum").double()
+    k = gradients.shape[1]
+    columns = torch.arange(k).expand(gradients.shape[0], -1)
+    _, derivatives = module.directional_derivatives(batch["labels"], columns)
+    loss = module.gradient_errors(derivatives, gradients, columns)  # (B, K)
+    floor = module.gradient_floor.double() * gradients.shape[-1] ** 0.5
+    relative = (derivatives - gradients).norm(dim=-1) / torch.maximum(gradients.norm(dim=-1), floor)
+    torch.testing.assert_close(loss, relative.square())
+    typical = _module(datamodule, gradient_weight=1.0, gradient_normalise=True).double()
+    typical.network = module.network
+    assert typical.hparams.gradient_normalise == "typical"
+    assert not torch.allclose(typical.gradient_errors(derivatives, gradients, columns), loss)
+    with pytest.raises(ValueError, match="gradient_normalise='per-pixel'"):
+        _module(datamodule, gradient_normalise="per-pixel")
 
 
 def test_jvp_derivatives_equal_full_jacobian_through_scaling(toy_grid):
