@@ -7,10 +7,11 @@ inputs (interpolated Kurucz atmospheres, the shipped line list), every label, a 
 For each star and label: the exact gradient spectrum (one `synthesize(gradients=True)`) against
 (F(x + h) - F(x - h)) / 2h with the same line plan, on the LAMOST pixels at R = 1800. A pixel
 passes where |exact - FD| <= max(1% |FD|, 1e-4) (issue 3's criterion). Printed per label: the
-worst pixel as a multiple of its allowance (<= 1 passes), the fraction of pixels passing, and
-max |FD| for scale. Stars are drawn with `phdl synth`'s stellar prior (seeded); labels that move
-the atmosphere are interpolated in the Kurucz grid, so a step straddling a grid node sees a kink
-that no finite difference resolves: such a failure is reported, not hidden (its node is named).
+worst pixel as a multiple of its allowance (<= 1 passes), the fraction of pixels passing,
+max |FD| for scale and, for a label that fails, the worst pixel again with the step h/4. Stars are drawn with `phdl synth`'s stellar prior (seeded); labels that move
+the atmosphere are interpolated in the Kurucz grid, and the Balmer lines' Stark profiles in a
+bilinear table, so a step straddling a node sees a kink that no finite difference resolves:
+such a failure is reported, not hidden, with its h/4 retry (which converges if it is a kink).
 
 Everything printed is measured here; nothing is hard-coded.
 """
@@ -43,25 +44,34 @@ def check_star(synth: Synthesizer, labels: np.ndarray) -> list[dict]:
     rows = []
     for k, name in enumerate(DEFAULT_LABELS):
         h = STEPS.get(name, DEFAULT_STEP)
-        up, down = theta.clone(), theta.clone()
-        up[k] += h
-        down[k] -= h
-        fd = (
-            synth.synthesize(up, gradients=False, plan=plan)[0]
-            - synth.synthesize(down, gradients=False, plan=plan)[0]
-        ) / (2 * h)
-        allowance = torch.clamp(0.01 * fd.abs(), min=1e-4)
-        ratio = (grads[k] - fd).abs() / allowance
-        rows.append(
-            {
-                "label": name,
-                "worst": float(ratio.max()),
-                "passing": float((ratio <= 1).double().mean()),
-                "max_fd": float(fd.abs().max()),
-                "max_err": float((grads[k] - fd).abs().max()),
-            }
-        )
+        fd, ratio = central_difference(synth, theta, plan, grads[k], k, h)
+        row = {
+            "label": name,
+            "worst": float(ratio.max()),
+            "passing": float((ratio <= 1).double().mean()),
+            "max_fd": float(fd.abs().max()),
+            "max_err": float((grads[k] - fd).abs().max()),
+            "worst_quarter_step": None,
+        }
+        if row["worst"] > 1:
+            # a kink (bilinear Stark table, atmosphere grid node) inside +-h fails any finite
+            # difference; one that converges to the exact gradient as h shrinks is such a kink
+            _, small = central_difference(synth, theta, plan, grads[k], k, h / 4)
+            row["worst_quarter_step"] = float(small.max())
+        rows.append(row)
     return rows
+
+
+def central_difference(synth, theta, plan, exact, k, h):
+    """(F(x + h e_k) - F(x - h e_k)) / 2h and |exact - FD| / max(1% |FD|, 1e-4) per pixel."""
+    up, down = theta.clone(), theta.clone()
+    up[k] += h
+    down[k] -= h
+    fd = (
+        synth.synthesize(up, gradients=False, plan=plan)[0]
+        - synth.synthesize(down, gradients=False, plan=plan)[0]
+    ) / (2 * h)
+    return fd, (exact - fd).abs() / torch.clamp(0.01 * fd.abs(), min=1e-4)
 
 
 def main() -> None:
@@ -96,19 +106,30 @@ def main() -> None:
             f"{len(rows) - len(failing)}/{len(rows)} labels pass at every pixel "
             f"({time.perf_counter() - start:.0f} s)"
         )
-        print("| label | worst / allowance | pixels passing | max abs err | max abs FD |")
-        print("|---|---|---|---|---|")
+        print(
+            "| label | worst / allowance | pixels passing | max abs err | max abs FD | "
+            "worst at h/4 (failures only) |"
+        )
+        print("|---|---|---|---|---|---|")
         for r in rows:
+            quarter = "" if r["worst_quarter_step"] is None else f"{r['worst_quarter_step']:.3g}"
             print(
                 f"| {pretty_label(r['label'])} | {r['worst']:.3g} | {100 * r['passing']:.2f} % | "
-                f"{r['max_err']:.2e} | {r['max_fd']:.2e} |"
+                f"{r['max_err']:.2e} | {r['max_fd']:.2e} | {quarter} |"
             )
         print()
     worst = np.array([[r["worst"] for r in rows] for rows in all_rows])
+    retried = [r["worst_quarter_step"] for rows in all_rows for r in rows if r["worst"] > 1]
     print(
         f"over {len(stars)} stars x {len(DEFAULT_LABELS)} labels: worst pixel at "
         f"{worst.max():.3g} x its allowance; {int((worst <= 1).sum())}/{worst.size} "
         f"(star, label) pairs pass at every pixel"
+        + (
+            f"; of the {len(retried)} others, {sum(x <= 1 for x in retried)} pass with the "
+            f"step h/4 (worst {max(retried):.3g}: a kink inside +-h)"
+            if retried
+            else ""
+        )
     )
 
 
