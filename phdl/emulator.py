@@ -291,7 +291,7 @@ class EmulatorModule(LightningModule):
         weights = signs * mask[:, None, :].to(gradients.dtype)
         scale = self.gradient_normalisation(gradients)
         if scale is not None:
-            weights = weights / (scale if scale.ndim == 1 else scale[:, None, :])
+            weights = weights / scale[:, None, :]
         # d / d physical label_k = (d / d scaled label) / span: fold the span into the tangent.
         span = self.label_span[self.gradient_label_index]
         tangent = torch.zeros(b, d, scaled_labels.shape[1], dtype=scaled_labels.dtype,
@@ -312,16 +312,15 @@ class EmulatorModule(LightningModule):
         error = derivatives - target
         scale = self.gradient_normalisation(gradients)
         if scale is not None:
-            picked = scale[columns] if scale.ndim == 1 else scale.gather(1, columns)
-            error = error / picked[..., None]
+            error = error / scale.gather(1, columns)[..., None]
         return _pointwise(error, self.hparams.flux_loss).mean(-1)
 
     def gradient_normalisation(self, gradients: torch.Tensor) -> torch.Tensor | None:
-        """What each label's gradient error is divided by (gradient_normalise): (K,) typical
-        sizes, (B, K) per-spectrum rms sizes floored as in validation, or None."""
+        """What each label's gradient error is divided by (gradient_normalise), (B, K): the
+        typical sizes, the per-spectrum rms sizes floored as in validation, or None."""
         mode = self.hparams.gradient_normalise
         if mode == "typical":
-            return self.gradient_size
+            return self.gradient_size.to(gradients.dtype).expand(gradients.shape[0], -1)
         if mode == "spectrum":
             rms = gradients.square().mean(-1).sqrt()
             return torch.maximum(rms, self.gradient_floor.to(rms.dtype))

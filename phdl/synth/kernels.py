@@ -54,16 +54,15 @@ def line_profile(
     w = width[:, None, :]
     v = (dl[:, :, None] / w).to(voigt_dtype)
     a = damping[:, None, :].expand_as(v).to(voigt_dtype)
-    if faddeeva_w is None and derivatives:
-        # w' from the series where |z| is large, not from w (lines.voigt_and_derivatives)
-        re, im, d_re, d_im = faddeeva(v, a, far, table, derivative=True)
-        faddeeva_w = (re, im)
-        h, dh_dv, dh_da = re, d_re, -d_im
-    else:
-        if faddeeva_w is None:
-            faddeeva_w = faddeeva(v, a, far, table)
-        h, dh_dv, dh_da = voigt_and_derivatives(v, a, w=faddeeva_w)
-    h, dh_dv, dh_da = (x.to(out_dtype) for x in (h, dh_dv, dh_da))
+    if derivatives:
+        # without w given, w' comes from the series where |z| is large (voigt_and_derivatives)
+        h, dh_dv, dh_da = (
+            x.to(out_dtype) for x in voigt_and_derivatives(v, a, far, table, w=faddeeva_w)
+        )
+    if faddeeva_w is None and (keep_w or not derivatives):
+        faddeeva_w = faddeeva(v, a, far, table)
+    if not derivatives:
+        h = faddeeva_w[0].to(out_dtype)
     w = w.to(out_dtype)
     scale = torch.exp(ln_amp).to(out_dtype)[:, None, :] / (SQRT_PI * w)  # (Lc, 1, D)
     kappa = h * scale
