@@ -5,6 +5,11 @@ restarts and bound handling are the reference implementation (Hansen), well test
 bookkeeping on N ~ 30 dimensions per spectrum, negligible next to the emulator. What matters for
 throughput is that the emulator sees one big batch: every generation, all spectra's populations
 (B x popsize candidates) are stacked and evaluated in a single call.
+
+Each spectrum's strategy draws from its own generator, seeded by (seed, key) with key the
+spectrum's position in the dataset: the `cma` default (the global numpy generator, shared by
+all strategies) made a spectrum's search depend on which spectra were fitted beside it, so DDP
+ranks and batch sizes changed the result.
 """
 
 from __future__ import annotations
@@ -27,16 +32,26 @@ def cmaes_search(
     popsize: int = 16,
     iterations: int = 30,
     seed: int = 0,
+    keys: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best theta (B, N) and chi2 (B,) after `iterations` CMA-ES generations per spectrum."""
+    """Best theta (B, N) and chi2 (B,) after `iterations` CMA-ES generations per spectrum.
+
+    keys (B,) non-negative ints, one per spectrum (default 0..B-1), seed its random draws with
+    `seed`: the same (seed, key) gives the same search whatever the batch.
+    """
     import cma
 
     b, n = theta.shape
+    keys = np.arange(b) if keys is None else np.asarray(keys, dtype=np.int64)
     bounds = [lower.cpu().numpy().tolist(), upper.cpu().numpy().tolist()]
-    options = {"bounds": bounds, "popsize": popsize, "verbose": -9, "seed": seed + 1,
-               "maxiter": iterations, "tolfun": 1e-9}  # fmt: skip
     start = theta.detach().cpu().numpy()
-    strategies = [cma.CMAEvolutionStrategy(start[i], sigma, options) for i in range(b)]
+    strategies = []
+    for i in range(b):
+        generator = np.random.default_rng([seed, int(keys[i])])
+        options = {"bounds": bounds, "popsize": popsize, "verbose": -9, "seed": np.nan,
+                   "maxiter": iterations, "tolfun": 1e-9,
+                   "randn": lambda *shape, g=generator: g.standard_normal(shape)}  # fmt: skip
+        strategies.append(cma.CMAEvolutionStrategy(start[i], sigma, options))
     best = theta.detach().clone()
     best_chi2 = chi2(best, torch.arange(b, device=theta.device))
     for _ in range(iterations):

@@ -248,12 +248,15 @@ class LabelFitter(LightningModule):
         columns = self._empty_columns(b, ids, index, reason, snr, n_good)
         rows = valid.nonzero().squeeze(1)
         if rows.numel() > 0:
-            self._fit_rows(flux[rows], ivar[rows], rows.cpu().numpy(), columns, ids)
+            self._fit_rows(flux[rows], ivar[rows], rows.cpu().numpy(), columns, ids, index)
         columns["flag"] = np.where(valid.cpu().numpy(), columns["flag"], FLAG_BITS["BAD_INPUT"])
         return columns
 
-    def _fit_rows(self, flux, ivar, rows: np.ndarray, columns: dict, ids: list[str]) -> None:
-        """Initial guess, optional CMA-ES, Levenberg-Marquardt and Fisher errors for valid rows."""
+    def _fit_rows(self, flux, ivar, rows: np.ndarray, columns: dict, ids: list[str], index) -> None:
+        """Initial guess, optional CMA-ES, Levenberg-Marquardt and Fisher errors for valid rows.
+
+        `index` (the spectra's positions in their dataset) keys each spectrum's CMA-ES draws.
+        """
         model = self.spectrum_model
         h = self.hparams
         theta, base = model.initial_guess(flux, ivar, h.init_grid_size, h.rv_step)
@@ -261,12 +264,14 @@ class LabelFitter(LightningModule):
         if h.global_search == "cmaes":
             from phdl.fit.cmaes import cmaes_search
 
+            keys = np.abs(np.asarray(index, dtype=np.int64)[rows])
+
             def chi2(th: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
                 return model.evaluate(th, base[sel], flux[sel], ivar[sel]).chi2
 
             theta, _ = cmaes_search(
                 chi2, theta, model.lower, model.upper, h.cmaes_sigma, h.cmaes_popsize,
-                h.cmaes_iterations, h.seed,
+                h.cmaes_iterations, h.seed, keys=keys,
             )  # fmt: skip
         result = model.optimise(theta, base, flux, ivar, h.max_iter)
         covariance, singular = fisher_covariance(result.jacobian)
