@@ -107,8 +107,8 @@ def levenberg_marquardt(
     is below decrement_tol; when it stalls near the optimum (d^2 < 1e-2, within 0.1 sigma, and
     the last accepted step did not halve d^2: the quadratic model no longer improves there, as
     along the flat directions of labels the spectrum barely constrains, or float32 rounding);
-    when no parameter moves by more than step_tol; or when the damping exceeds max_damping (no
-    step improves chi2). Well-constrained fits reach d^2 < 1e-6: each Gauss-Newton step there
+    when no parameter moves by more than step_tol; when a step damped with lambda >= 1 gains
+    less than 1e-5 (1 + chi2); or when the damping exceeds max_damping (no step improves chi2). Well-constrained fits reach d^2 < 1e-6: each Gauss-Newton step there
     shrinks d^2 ~10x.
     """
     b = theta.shape[0]
@@ -167,9 +167,13 @@ def levenberg_marquardt(
             new_chi2, new_residual, new_jacobian = evaluate(trial[better], keep, True)
             theta[keep], chi2[keep] = trial[better], new_chi2
             residual[keep], jacobian[keep] = new_residual, new_jacobian
-            previous[keep] = decrement[keep_rows][better]
+            # the smallest d^2 so far: a fit whose d^2 jitters at a floor still stops
+            previous[keep] = torch.minimum(previous[keep], decrement[keep_rows][better])
+        # heavily damped (the quadratic model keeps failing, e.g. a label flipping on and off its
+        # bound) and gaining nothing: stop as the chi2-gain rule did
+        damped_stall = better & (lam[active] >= 1.0) & (old - trial_chi2 < 1e-5 * (1.0 + old))
         lam[active] = torch.where(better, (lam[active] / 3.0).clamp_min(1e-9), lam[active] * 4.0)
         n_iter[active] += 1
-        hopeless = (moved < step_tol) | (lam[active] > max_damping)
+        hopeless = (moved < step_tol) | (lam[active] > max_damping) | damped_stall
         converged[active[hopeless]] = True
     return LMResult(theta, chi2, jacobian, n_iter, converged)
