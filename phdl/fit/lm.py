@@ -105,11 +105,12 @@ def levenberg_marquardt(
 
     A spectrum has converged when its Newton decrement (over the parameters not held on a bound)
     is below decrement_tol; when it stalls near the optimum (d^2 < 1e-2, within 0.1 sigma, and
-    the last accepted step did not halve d^2: the quadratic model no longer improves there, as
-    along the flat directions of labels the spectrum barely constrains, or float32 rounding);
-    when no parameter moves by more than step_tol; when a step damped with lambda >= 1 gains
-    less than 1e-5 (1 + chi2); or when the damping exceeds max_damping (no step improves chi2). Well-constrained fits reach d^2 < 1e-6: each Gauss-Newton step there
-    shrinks d^2 ~10x.
+    d^2 is not below half the smallest d^2 of its accepted points so far: the quadratic model no
+    longer improves there, as along the flat directions of labels the spectrum barely
+    constrains, or float32 rounding); when no parameter moves by more than step_tol; when a step
+    damped with lambda >= 1 gains less than 1e-5 (1 + chi2); or when the damping exceeds
+    max_damping (no step improves chi2). Well-constrained fits reach d^2 < 1e-6: each
+    Gauss-Newton step there shrinks d^2 ~10x.
     """
     b = theta.shape[0]
     rows = torch.arange(b, device=theta.device)
@@ -146,7 +147,7 @@ def levenberg_marquardt(
         if active.numel() == 0 or n_iter[active].min() >= max_iter:
             break
         jtj, gradient, current = jtj[keep_rows], gradient[keep_rows], current[keep_rows]
-        diagonal, held = diagonal[keep_rows], held[keep_rows]
+        diagonal = diagonal[keep_rows]
         system = jtj + lam[active, None, None] * (diagonal[:, :, None] * eye)
         step = _bounded_step(system, gradient, current, lower, upper, free[keep_rows])
         trial = (current + step).clamp(lower, upper)
