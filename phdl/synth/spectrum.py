@@ -589,17 +589,21 @@ class Synthesizer:
         `sensitivities` also its partials by kappa, rho, column mass and T (transfer.py)."""
         return self._transfer(cont, self.continuum_grid, state, sensitivities)
 
-    def _transfer(self, kappa, wavelength, state, sensitivities: bool):
-        """transfer.planck_flux (or planck_flux_and_sensitivities) of opacity kappa (L, D) at
-        `wavelength` (L,) through the compiled kernels."""
-        kernel = PLANCK_FLUX_AND_SENSITIVITIES if sensitivities else PLANCK_FLUX
-        return kernel(
+    def _transfer(self, kappa, wavelength, state, sensitivities: bool, partials_dtype=None):
+        """transfer.planck_flux (or planck_flux_and_sensitivities, the partials stored in
+        `partials_dtype`) of opacity kappa (L, D) at `wavelength` (L,) through the compiled
+        kernels."""
+        args = (
             kappa,
             state["rho"],
             state["column_mass"],
             state["temperature"],
             HC_OVER_K_ANGSTROM / wavelength,
-            compile=self.config.compile,
+        )
+        if not sensitivities:
+            return PLANCK_FLUX(*args, compile=self.config.compile)
+        return PLANCK_FLUX_AND_SENSITIVITIES(
+            *args, partials_dtype=partials_dtype, compile=self.config.compile
         )
 
     def _line_flux_all(self, state, cont, hyd, kappa_line) -> torch.Tensor:
@@ -612,14 +616,17 @@ class Synthesizer:
 
     def _chunk_flux(self, start, stop, state, cont, hyd, kappa_line, sensitivities=False):
         """Absolute (unnormalised) flux at fine pixels start..stop-1; with `sensitivities` also
-        its partials by the total opacity, rho, column mass and T, (stop - start, D) each."""
+        its partials by the total opacity, rho, column mass and T, (stop - start, D) each, in
+        gradient_dtype (computed in dtype)."""
         cfg = self.config
         kappa = (
             self._interp(cont, cfg.continuum_stride, start, stop)
             + self._interp(hyd, cfg.hydrogen_stride, start, stop)
             + kappa_line[start:stop]
         )
-        return self._transfer(kappa, self.fine[start:stop], state, sensitivities)
+        return self._transfer(
+            kappa, self.fine[start:stop], state, sensitivities, cfg.gradient_dtype
+        )
 
     def _state_partials(self, fn, grid, state, keys):
         """fn(grid, state) and d fn(grid, state)(lambda, d) / d state[key][row, d] (diagonal in
@@ -688,12 +695,13 @@ class Synthesizer:
         sens = d_structure + [d_kappa * p for p in cont_partials.values()]
         dfc = torch.einsum("qcd,qdk->ck", torch.stack(sens), cont_tangents)
 
-        flux = torch.empty(n_fine, dtype=cfg.dtype)
-        dflux = torch.zeros(n_fine, k_labels, dtype=cfg.dtype)
-        g_line = torch.empty(n_fine, n_depth, dtype=cfg.dtype)
-        # (3 D, K); the product in gradient_dtype (float32: half the time of float64)
+        # the un-normalised gradients, d F / d kappa and every product with them in
+        # gradient_dtype (float32: half the memory traffic of float64, relative error ~1e-6)
         gdt = cfg.gradient_dtype
-        structure_tangents = cont_tangents[:3].reshape(-1, k_labels).to(gdt)
+        flux = torch.empty(n_fine, dtype=cfg.dtype)
+        dflux = torch.zeros(n_fine, k_labels, dtype=gdt)
+        g_line = torch.empty(n_fine, n_depth, dtype=gdt)
+        structure_tangents = cont_tangents[:3].reshape(-1, k_labels).to(gdt)  # (3 D, K)
         for start in range(0, n_fine, cfg.chunk):
             stop = min(start + cfg.chunk, n_fine)
             f, g, *d_structure = self._chunk_flux(
@@ -701,9 +709,7 @@ class Synthesizer:
             )
             flux[start:stop] = f
             g_line[start:stop] = g  # d F / d kappa for every opacity source
-            dflux[start:stop] += (torch.cat(d_structure, dim=1).to(gdt) @ structure_tangents).to(
-                dflux.dtype
-            )
+            dflux[start:stop] += torch.cat(d_structure, dim=1) @ structure_tangents
         wing_nodes = self._line_gradients(state, jac, plan, *reused, g_line, dflux)
         # every opacity interpolated from nodes (continuum, hydrogen, line wings): per node
         # (Q, nodes, D) partials by Q state entries and their (Q, D, K) tangents; the sources
@@ -719,8 +725,8 @@ class Synthesizer:
             for start in range(0, n_fine, cfg.chunk):
                 stop = min(start + cfg.chunk, n_fine)
                 dflux[start:stop] += self._contract_interpolated(
-                    g_line[start:stop].to(cfg.gradient_dtype), table, stride, start, stop
-                ).to(dflux.dtype)
+                    g_line[start:stop], table, stride, start, stop
+                )
         # normalise: f = F / Fc  =>  df = dF / Fc - F dFc / Fc^2, chunk by chunk (Fc and dFc
         # interpolated there) into the columns of one (N, 1 + K) array to convolve
         out = torch.empty(n_fine, 1 + k_labels, dtype=cfg.dtype)
@@ -775,6 +781,7 @@ class Synthesizer:
         """
         dt = self.config.gradient_dtype
         g_pad = torch.cat([g_line.to(dt), torch.zeros_like(g_line[:1], dtype=dt)])
+        wing_dtype = self.config.dtype
         n_depth, n_fine = g_line.shape[1], g_line.shape[0]
         stride = max(self.config.wing_stride, 1)
         n_nodes = (n_fine - 1) // stride + 1
@@ -787,9 +794,9 @@ class Synthesizer:
         ]
         keys = torch.unique(torch.cat(keys)) if keys else None
         if keys is not None:
-            pop_sums = torch.zeros(len(keys), n_depth, dtype=g_line.dtype)
+            pop_sums = torch.zeros(len(keys), n_depth, dtype=wing_dtype)
             # by T, n_e, n_HI, vmic: (nodes, 4, D), a node's 4 D values added as one row
-            state_sums = torch.zeros(n_nodes, 4, n_depth, dtype=g_line.dtype)
+            state_sums = torch.zeros(n_nodes, 4, n_depth, dtype=wing_dtype)
         d_pop_all = jac["ln_population"].to(dt)  # (species, D, K)
         # d (T, n_e, n_HI) / d label stacked along depth: (3 D, K)
         d_state_cat = torch.cat([jac["temperature"], jac["electron_density"], jac["n_hi"]]).to(dt)
@@ -802,7 +809,7 @@ class Synthesizer:
         # the wings need no Taylor table (asymptotic series only); their sums are float64
         wing_kw = {
             "voigt_dtype": kw["voigt_dtype"],
-            "out_dtype": g_line.dtype,
+            "out_dtype": wing_dtype,
             "compile": kw["compile"],
         }
         coefficients = LINE_TANGENT_COEFFICIENTS(

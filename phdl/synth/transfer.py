@@ -18,8 +18,9 @@ _E1_NUM = (8.5733287401, 18.0590169730, 8.6347608925, 0.2677737343)
 _E1_DEN = (9.5733223454, 25.6329561486, 21.0996530827, 3.9584969228)
 
 
-def expint_e1(x: torch.Tensor) -> torch.Tensor:
-    """Exponential integral E1(x) for x > 0 (relative error < 2e-7)."""
+def expint_e1(x: torch.Tensor, exp_minus_x: torch.Tensor | None = None) -> torch.Tensor:
+    """Exponential integral E1(x) for x > 0 (relative error < 2e-7); `exp_minus_x`: exp(-x)
+    where the caller has it (it saves an exponential per element)."""
     xs = x.clamp(max=1.0)
     a = _E1_SMALL
     small = -torch.log(xs) + (
@@ -28,7 +29,8 @@ def expint_e1(x: torch.Tensor) -> torch.Tensor:
     xl = x.clamp(min=1.0)
     num = (((xl + _E1_NUM[0]) * xl + _E1_NUM[1]) * xl + _E1_NUM[2]) * xl + _E1_NUM[3]
     den = (((xl + _E1_DEN[0]) * xl + _E1_DEN[1]) * xl + _E1_DEN[2]) * xl + _E1_DEN[3]
-    large = torch.exp(-xl) / xl * num / den
+    # exp(-x) = exp(-xl) wherever this branch is taken (x >= 1)
+    large = (torch.exp(-xl) if exp_minus_x is None else exp_minus_x) / xl * num / den
     return torch.where(x <= 1.0, small, large)
 
 
@@ -36,7 +38,7 @@ def expint_e234(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     """E2, E3, E4 by upward recurrence E_{n+1} = (exp(-x) - x E_n) / n; x clamped to <= 80."""
     x = x.clamp(max=80.0)
     ex = torch.exp(-x)
-    e2 = ex - x * expint_e1(x)
+    e2 = ex - x * expint_e1(x, ex)
     e3 = (ex - x * e2) / 2.0
     e4 = (ex - x * e3) / 3.0
     return e2, e3, e4
@@ -91,11 +93,14 @@ def planck_flux_and_sensitivities(
     column_mass: torch.Tensor,
     temperature: torch.Tensor,
     c2_over_lambda: torch.Tensor,
+    partials_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """planck_flux and its partials by kappa, rho, column_mass and temperature, each (L, D).
 
     Each wavelength's flux depends only on its own opacities, so one reverse pass of the
     summed flux gives every d F(lambda) / d x(lambda, d) (inputs given per wavelength).
+    `partials_dtype`: the partials are computed in the inputs' dtype and stored in this one
+    (float32 halves the memory they take and the traffic of every product that reads them).
     """
     shape = kappa.shape
     inputs = (kappa, rho.expand(shape), column_mass.expand(shape), temperature.expand(shape))
@@ -105,4 +110,4 @@ def planck_flux_and_sensitivities(
         return flux.sum(), flux
 
     grads, flux = torch.func.grad(total, argnums=(0, 1, 2, 3), has_aux=True)(*inputs)
-    return (flux, *grads)
+    return (flux, *(g.to(partials_dtype or g.dtype) for g in grads))
