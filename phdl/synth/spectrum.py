@@ -787,10 +787,11 @@ class Synthesizer:
         U_x(node, d) dx(d, k) (J_s = d ln population / d label, x = T, n_e, n_HI, vmic), and
         contracted with G once per fine pixel by the caller, whatever the number of lines.
         P_s is kept only on the (node, species) pairs some wing reaches (~5% of all).
-        `parameters`, `kept`: what line_opacity(for_gradients=True) returned besides kappa.
+        `parameters`, `kept`: what line_opacity(for_gradients=True) returned besides kappa;
+        g_line (N, D) and dflux (N, K) are in gradient_dtype.
         """
         dt = self.config.gradient_dtype
-        g_pad = torch.cat([g_line.to(dt), torch.zeros_like(g_line[:1], dtype=dt)])
+        g_pad = torch.cat([g_line, torch.zeros_like(g_line[:1])])  # both in dt
         wing_dtype = self.config.dtype
         n_depth, n_fine = g_line.shape[1], g_line.shape[0]
         stride = max(self.config.wing_stride, 1)
@@ -849,7 +850,7 @@ class Synthesizer:
                     rows = kappa[start : start + n].reshape(-1, n_depth)
                     contrib[start : start + n] = (rows @ d_pop_all[sp]).reshape(n, -1, k_labels)
                     start += n
-                dflux.index_add_(0, flat, contrib.reshape(-1, k_labels).to(dflux.dtype))
+                dflux.index_add_(0, flat, contrib.reshape(-1, k_labels))
             if nodes is None:
                 continue
             by_state, kappa = WING_GRADIENT_TERMS(
@@ -865,7 +866,7 @@ class Synthesizer:
         d_core = torch.cat([d_state_cat, d_vmic[None]])  # (3 D + 1, K)
         for start in range(0, n_fine, self.config.chunk):
             stop = min(start + self.config.chunk, n_fine)
-            dflux[start:stop] += (core_sums[start:stop] @ d_core).to(dflux.dtype)
+            dflux[start:stop] += core_sums[start:stop] @ d_core
         if keys is None:
             return None
         d_pop = jac["ln_population"]  # (species, D, K)
