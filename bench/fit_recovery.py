@@ -10,8 +10,9 @@ spectrum gets a random continuum (Chebyshev, order 2), a random RV (+-150 km/s) 
 at each S/N, and is fitted from scratch (no initial guess). Reported per label and S/N: bias,
 dispersion, the median Cramer-Rao bound (inverse Fisher matrix from the gradient spectra and the
 noise, continuum and RV marginalised), their ratio, and the median fitted error. Throughput: s per
-spectrum (batched) vs number of fitted labels, LM vs CMA-ES+LM. Writes JSON and a one-to-one PNG
-coloured by [Fe/H] to --out.
+spectrum (batched) vs number of fitted labels, LM vs CMA-ES+LM, with freed memory kept for reuse
+as in `phdl predict` (`--malloc-default`: glibc's settings, 2.2x slower on 2 cores). Writes JSON
+and a one-to-one PNG coloured by [Fe/H] to --out.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from phdl.fit.fitter import LabelFitter
 from phdl.fit.model import SpectrumModel
 from phdl.grid import GridReader, read_grid_info
 from phdl.labels import pretty_label
+from phdl.malloc import keep_freed_memory
 
 
 def truth_from_emulator(emulator, n: int, seed: int):
@@ -273,8 +275,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         "(default: maximum likelihood)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench/fit_recovery")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="glibc's malloc settings, not those of phdl predict (phdl.malloc)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # as phdl predict's processes do (LabelFitter.setup): freed memory kept for reuse
+    kept = False if args.malloc_default else keep_freed_memory()
+    print("malloc: " + ("freed memory kept for reuse (as in phdl predict)" if kept
+                        else "glibc defaults (freed big tensors go back to the kernel)"))  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
     emulator = load_emulator(args.checkpoint)
     if args.grid:
@@ -290,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "threads": args.threads, "batch_size": args.batch_size,
               "load_average": os.getloadavg(), "jacobian": args.jacobian,
               "label_prior": args.label_prior,
-              "emulator_error": emulator.flux_error is not None}  # fmt: skip
+              "emulator_error": emulator.flux_error is not None,
+              "freed_memory_kept": kept}  # fmt: skip
     if not args.skip_throughput:
         report["throughput"] = throughput(args, emulator, flux)
     if not args.skip_recovery:

@@ -12,7 +12,7 @@ the load average is printed with them, since other jobs slow every number here. 
 timed eager and with the torch.compile'd kernels (SynthConfig.compile); "first call" includes
 the compilation (long with a cold cache: TORCHINDUCTOR_CACHE_DIR, ~/.cache by default).
 The process keeps freed memory for reuse as `phdl synth`'s workers do
-(phdl.synth.malloc.keep_freed_memory); `--malloc-default` times a process with glibc's
+(phdl.malloc.keep_freed_memory); `--malloc-default` times a process with glibc's
 defaults instead, as a library user's own process has them.
 """
 
@@ -30,8 +30,8 @@ import torch
 
 from phdl.data.lamost import lamost_wavelength
 from phdl.labels import DEFAULT_LABELS
+from phdl.malloc import keep_freed_memory
 from phdl.synth.inputs import default_inputs
-from phdl.synth.malloc import keep_freed_memory
 from phdl.synth.sample import sample_labels
 from phdl.synth.spectrum import SynthConfig, Synthesizer
 

@@ -138,8 +138,10 @@ def test_posterior_samples_with_emcee(emulator, tmp_path):
 
 
 @pytest.mark.parametrize("inference_mode", [False, True])
-def test_single_device_trainer_predict(emulator, inference_mode):
+def test_single_device_trainer_predict(emulator, inference_mode, monkeypatch):
     """Trainer.predict wraps predict_step in inference mode unless told not to (DESIGN §7)."""
+    kept = []  # the predict process keeps freed memory (phdl.malloc), once
+    monkeypatch.setattr("phdl.fit.fitter.keep_freed_memory", lambda: kept.append(1) or True)
     labels = random_labels(emulator, 3, seed=10)
     flux, ivar = observe(emulator, labels, snr=100.0, rv=np.zeros(3))
     flux[1] = np.nan  # a malformed spectrum is flagged, the others fitted
@@ -152,6 +154,9 @@ def test_single_device_trainer_predict(emulator, inference_mode):
     assert list(result["flag"]) == [0, FLAG_BITS["BAD_INPUT"], 0]
     assert "no usable pixel" in result["flag_reason"][1]
     assert np.abs(result["teff"][[0, 2]] - labels[[0, 2], 0]).max() < 60.0
+    assert kept == [1]
+    LabelFitter.from_emulator(emulator, keep_freed_memory=False).setup("predict")
+    assert kept == [1]
 
 
 def test_gaussian_broadening_nuisance_is_recovered(emulator):

@@ -132,7 +132,7 @@ def test_compile_auto_only_where_it_pays_back():
 
 _RSS_AFTER_FREE = """
 import os, sys, torch
-from phdl.synth.malloc import keep_freed_memory
+from phdl.malloc import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 x = torch.ones(64 << 20, dtype=torch.float32)  # 256 MiB, every page touched
 del x

@@ -25,6 +25,7 @@ from lightning.pytorch import LightningModule
 
 from phdl.fit.model import RV_SCALE, SpectrumModel, fisher_covariance, physical_errors
 from phdl.labels import label_unit
+from phdl.malloc import keep_freed_memory
 from phdl.models.base import SpectrumEmulator
 
 #: Bits of the catalogue's `flag` column.
@@ -82,6 +83,10 @@ class LabelFitter(LightningModule):
             (one forward pass per label: derivatives to ~1e-4; ~1.4x faster end to end on
             CPU with the shipped emulator).
         seed: seed of the stochastic stages (CMA-ES, emcee).
+        keep_freed_memory: in `setup` (the Trainer's processes), tell glibc to keep freed
+            memory for reuse (phdl.malloc): the fit's large per-iteration temporaries are then
+            not page-faulted anew, 2.2x faster on 2 CPU cores. Process-wide; False leaves
+            malloc as it is.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class LabelFitter(LightningModule):
         jacobian_rows: int = 4096,
         jacobian_method: str = "forward",
         seed: int = 0,
+        keep_freed_memory: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -137,8 +143,11 @@ class LabelFitter(LightningModule):
 
     # --- set-up ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Give the datamodule the emulator's wavelength grid to resample onto."""
+        """Give the datamodule the emulator's wavelength grid to resample onto (and keep
+        freed memory in this process, `keep_freed_memory`)."""
         self._require_emulator()
+        if self.hparams.keep_freed_memory:
+            keep_freed_memory()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and hasattr(datamodule, "set_model_grid"):
             if getattr(datamodule, "wavelength", None) is None:

@@ -23,7 +23,7 @@ import torch
 from phdl.data.lamost import lamost_wavelength
 from phdl.grid import completed_mask, create_grid, write_spectra
 from phdl.labels import DEFAULT_LABELS
-from phdl.synth.malloc import keep_freed_memory
+from phdl.malloc import keep_freed_memory
 from phdl.synth.sample import PRIORS, SAMPLINGS, read_label_table, sample_labels
 from phdl.synth.spectrum import SynthConfig, Synthesizer, fine_grid
 
@@ -128,7 +128,7 @@ def _load_factory(spec: str):
 
 def _init_worker(inputs_spec, wavelength, resolution, config, threads) -> None:
     torch.set_num_threads(threads)
-    keep_freed_memory()  # this process only synthesises (phdl.synth.malloc)
+    keep_freed_memory()  # this process only synthesises (phdl.malloc)
     inputs = _load_factory(inputs_spec)()
     _WORKER["synth"] = Synthesizer(
         inputs, wavelength=wavelength, resolution=resolution, config=config
