@@ -61,11 +61,18 @@ def gelu_jvp(x: torch.Tensor, dx: torch.Tensor):
     return x * cdf, (cdf + x * pdf).unsqueeze(1) * dx
 
 
+def dropout_mask(dropout: nn.Dropout, x: torch.Tensor) -> torch.Tensor | None:
+    """Dropout's scaled keep mask for x (None in eval mode or with p = 0)."""
+    if not dropout.training or dropout.p == 0.0:
+        return None
+    return torch.bernoulli(torch.full_like(x, 1.0 - dropout.p)) / (1.0 - dropout.p)
+
+
 def dropout_jvp(dropout: nn.Dropout, x: torch.Tensor, dx: torch.Tensor):
     """Dropout with one mask for the value and every tangent (identity in eval mode or p = 0)."""
-    if not dropout.training or dropout.p == 0.0:
+    keep = dropout_mask(dropout, x)
+    if keep is None:
         return x, dx
-    keep = torch.bernoulli(torch.full_like(x, 1.0 - dropout.p)) / (1.0 - dropout.p)
     return x * keep, dx * keep.unsqueeze(1)
 
 
@@ -138,23 +145,39 @@ class SelfAttention(nn.Module):
         return self.dropout(self.proj(y))
 
     def jvp(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Value (B, T, D) and derivative (B, K, T, D) along tangents dx (B, K, T, D)."""
+        """Value (B, T, D) and derivative (B, K, T, D) along tangents dx (B, K, T, D).
+
+        The (B, K, heads, T, T) tangents of the attention weights are the big arrays here, so
+        they are formed once: d scores = dq k^T + q dk^T as one matmul over the two operands
+        side by side, and the softmax derivative w (ds - sum(w ds)) only as it is multiplied
+        by v: (w ds) v - sum(w ds) (w v). w dv is one matmul over all K tangents, without K
+        copies of w.
+        """
         b, t, d = x.shape
         n_k, h = dx.shape[1], self.n_heads
+        dh = d // h
         qkv, d_qkv = linear_jvp(self.qkv, x, dx)
-        q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in qkv.split(d, dim=-1))
+        q, k, v = (z.view(b, t, h, dh).transpose(1, 2) for z in qkv.split(d, dim=-1))
         dq, dk, dv = (
-            z.reshape(b, n_k, t, h, d // h).transpose(2, 3) for z in d_qkv.split(d, dim=-1)
+            z.reshape(b, n_k, t, h, dh).transpose(2, 3) for z in d_qkv.split(d, dim=-1)
         )  # (B, K, heads, T, D / heads)
-        q_k, k_k, v_k = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        weights = F.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)
-        d_scores = (dq @ k_k.transpose(-2, -1) + q_k @ dk.transpose(-2, -1)) * scale
-        weights_k = weights.unsqueeze(1)
-        d_weights = weights_k * (d_scores - (weights_k * d_scores).sum(-1, keepdim=True))
-        weights, d_weights = dropout_jvp(self.dropout, weights, d_weights)
-        y = (weights @ v).transpose(1, 2).reshape(b, t, d)
-        dy = (d_weights @ v_k + weights_k @ dv).transpose(2, 3).reshape(b, n_k, t, d)
+        scale = 1.0 / math.sqrt(dh)
+        weights = F.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)  # (B, heads, T, T)
+        expand = (b, n_k, h, t, dh)
+        left = torch.cat([dq, q.unsqueeze(1).expand(expand)], dim=-1) * scale
+        right = torch.cat([k.unsqueeze(1).expand(expand), dk], dim=-1)
+        weighted = weights.unsqueeze(1) * (left @ right.transpose(-2, -1))  # w ds
+        row = weighted.sum(-1, keepdim=True)  # sum(w ds), (B, K, heads, T, 1)
+        keep = dropout_mask(self.dropout, weights)  # one mask for w and its tangents
+        if keep is not None:
+            weights, weighted = weights * keep, weighted * keep.unsqueeze(1)
+        out = weights @ v  # (B, heads, T, D / heads)
+        # w dv for all tangents: dv as (B, heads, T, K D / heads)
+        w_dv = weights @ dv.permute(0, 2, 3, 1, 4).reshape(b, h, t, n_k * dh)
+        w_dv = w_dv.view(b, h, t, n_k, dh).permute(0, 3, 1, 2, 4)
+        d_out = weighted @ v.unsqueeze(1) - row * out.unsqueeze(1) + w_dv
+        y = out.transpose(1, 2).reshape(b, t, d)
+        dy = d_out.transpose(2, 3).reshape(b, n_k, t, d)
         return dropout_jvp(self.dropout, *linear_jvp(self.proj, y, dy))
 
 
