@@ -20,8 +20,11 @@ import pytest
 from conftest import REPOSITORY
 
 DOCUMENTS = sorted(
-    [REPOSITORY / "README.md", REPOSITORY / "checkpoints" / "README.md",
-     *(REPOSITORY / "docs").glob("*.md")]
+    [
+        REPOSITORY / "README.md",
+        REPOSITORY / "checkpoints" / "README.md",
+        *(REPOSITORY / "docs").glob("*.md"),
+    ]
     + list((REPOSITORY / "configs" / "slurm").glob("*.sbatch"))
 )
 

@@ -68,7 +68,9 @@ def test_synthe_example(tmp_path, monkeypatch):
 
     steps = {"teff": 50.0, "logg": 0.1, "vmic": 0.1, "fe_h": 0.05, "mg_fe": 0.05}
     for star, row in enumerate(labels):
-        np.savetxt(tmp_path / "synthe" / f"star{star:05d}.asc", np.column_stack([nm, spectrum(row)]))
+        np.savetxt(
+            tmp_path / "synthe" / f"star{star:05d}.asc", np.column_stack([nm, spectrum(row)])
+        )
         for j, name in enumerate(names):
             moved = row.copy()
             moved[j] += steps[name]
@@ -83,7 +85,9 @@ def test_synthe_example(tmp_path, monkeypatch):
     assert 5170 < info.wavelength[line] < 5177  # 517.27 nm in air is 5174.1 A in vacuum
     assert 0.5 < flux[0, line] < 0.95  # degraded to R = 1800: shallower than the 0.3-0.5 input
     mg = names.index("mg_fe")
-    assert gradients[0, mg, line] < 0 and gradients[0, names.index("logg"), line] == pytest.approx(0)
+    assert gradients[0, mg, line] < 0 and gradients[0, names.index("logg"), line] == pytest.approx(
+        0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +131,9 @@ def test_documented_lamost_predict_and_catalogue_reading(shipped, tmp_path, monk
                 if line.startswith("phdl predict --config configs/predict_lamost.yaml")
                 and "/data/lamost/dr9" in line)  # fmt: skip
     words = shlex.split(line.replace("/data/lamost/dr9", str(folder)))
-    words = [str(REPOSITORY / w) if w.startswith(("configs/", "checkpoints/")) else w for w in words]
+    words = [
+        str(REPOSITORY / w) if w.startswith(("configs/", "checkpoints/")) else w for w in words
+    ]
     monkeypatch.chdir(tmp_path)
     main(words[1:] + ["--data.init_args.num_workers", "0"])
     assert (tmp_path / "runs" / "dr9" / "catalogue_rejects.csv").exists()
