@@ -1,4 +1,4 @@
-from phdl.cli import main
+from phdl.cli import console
 
 if __name__ == "__main__":
-    main()
+    console()

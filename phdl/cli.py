@@ -114,6 +114,12 @@ def console() -> None:
     """The `phdl` console script: like `main`, but returns nothing (exit status 0 on success).
 
     Console scripts pass the return value to `sys.exit`, which would print a returned object
-    (e.g. a report summary) and exit with status 1.
+    (e.g. a report summary) and exit with status 1. Ctrl-C ends with one line instead of a
+    traceback (status 130, as a shell reports SIGINT); what was written stays (`phdl synth` and
+    `phdl predict` resume from it).
     """
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.stderr.write("\nphdl: interrupted; what was written is kept (rerun to resume)\n")
+        raise SystemExit(130) from None

@@ -96,3 +96,17 @@ def test_fit_mlp_with_csv_logger_logs_named_parts(toy_grid, run_dir):
     for name in ("train/loss", "train/loss_flux", "train/loss_gradient", "val/flux_mae",
                  "val/flux_rmse", "val/gradient_rel_error/mg_fe", "val/gradient_rel_error/teff"):  # fmt: skip
         assert name in columns
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(monkeypatch, capsys):
+    import phdl.cli
+
+    def interrupted(args=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(phdl.cli, "main", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        phdl.cli.console()
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err

@@ -118,6 +118,69 @@ def test_interrupted_run_resumes_only_the_missing_spectra(tmp_path, monkeypatch,
     np.testing.assert_allclose(grads, full_grads, rtol=1e-5, atol=1e-7)
 
 
+def _synth_process(path, n: int, workers: int, inputs: str = "test_synth_physics:standin_inputs"):
+    """`python -m phdl synth` in a process of its own (the tests folder importable), with
+    SIGINT's default action: a shell starts background jobs with SIGINT ignored, and Python then
+    never turns it into KeyboardInterrupt."""
+    import os
+    import signal
+    from pathlib import Path
+
+    words = _args(path)
+    words[words.index("-n") + 1] = str(n)
+    words[words.index("--workers") + 1] = str(workers)
+    words[words.index("--inputs") + 1] = inputs
+    here = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "phdl", "synth", *words],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+
+
+def test_two_workers_write_the_one_worker_grid(tmp_path, complete_grid):
+    path = tmp_path / "grid.h5"
+    process = _synth_process(path, N_SPECTRA, workers=2)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    flux, grads = _read(path)
+    full_flux, full_grads = _read(complete_grid)
+    np.testing.assert_allclose(flux, full_flux, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grads, full_grads, rtol=1e-5, atol=1e-7)
+
+
+def test_a_worker_that_cannot_start_ends_the_run_with_its_error(tmp_path):
+    # a Pool replaces a worker whose initializer fails, forever: the error must end the run
+    process = _synth_process(tmp_path / "grid.h5", N_SPECTRA, workers=2, inputs="no_such_module:x")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0 and "no_such_module" in err
+
+
+def test_ctrl_c_with_workers_stops_at_once_and_keeps_what_was_written(tmp_path):
+    import signal
+    import time
+
+    path = tmp_path / "grid.h5"
+    process = _synth_process(path, 2000, workers=2)
+    try:
+        time.sleep(12.0)  # labels written, workers started, some spectra done
+        assert process.poll() is None, process.communicate()[1]
+        sent = time.perf_counter()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()  # a hang must not outlive the test
+    assert time.perf_counter() - sent < 30.0  # not after the 2000 spectra
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    done = completed_mask(path)
+    assert 0 < done.sum() < 2000
+    with h5py.File(path, "r") as f:
+        flux = f["flux"][...]
+    assert np.isfinite(flux[done]).all() and np.isnan(flux[~done]).all()
+
+
 def test_compile_auto_only_where_it_pays_back():
     from phdl.data.lamost import lamost_wavelength
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import h5py
@@ -127,6 +128,8 @@ def _load_factory(spec: str):
 
 
 def _init_worker(inputs_spec, wavelength, resolution, config, threads) -> None:
+    if multiprocessing.parent_process() is not None:  # a worker: Ctrl-C is the main's to handle
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     keep_freed_memory()  # this process only synthesises (phdl.malloc)
     inputs = _load_factory(inputs_spec)()
@@ -146,6 +149,22 @@ def _compute(index: int, labels: np.ndarray, gradients: bool):
     else:
         grads = grads.numpy().astype(np.float32)
     return index, flux, grads
+
+
+def _init_pool_worker(*init) -> None:
+    """_init_worker in a Pool process; its error is raised by the first task instead (a Pool
+    replaces a worker whose initializer fails, again and again, and the run never ends)."""
+    try:
+        _init_worker(*init)
+    except Exception as error:
+        _WORKER["error"] = error
+
+
+def _compute_task(task: tuple[int, np.ndarray, bool]):
+    """_compute of one (index, labels, gradients) task (Pool.imap_unordered passes one)."""
+    if "error" in _WORKER:
+        raise _WORKER["error"]
+    return _compute(*task)
 
 
 def _prepare(args, path: Path) -> np.ndarray:
@@ -228,15 +247,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 bar.update(1)
         else:
             init = (args.inputs, wavelength, resolution, config, threads)
-            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
-                pending = {pool.submit(_compute, int(i), labels[i], gradients) for i in todo}
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        index, flux, grads = future.result()
-                        write_spectra(path, [index], flux[None], grads[None])
-                        summary["computed"] += 1
-                        bar.update(1)
+            tasks = [(int(i), labels[i], gradients) for i in todo]
+            # multiprocessing.Pool, not ProcessPoolExecutor: leaving it terminates the workers,
+            # so Ctrl-C (or a failure) ends the run at once; an executor would wait for every
+            # queued spectrum first (shutdown cancels only those not yet sent to a worker)
+            with multiprocessing.Pool(
+                workers, initializer=_init_pool_worker, initargs=init
+            ) as pool:
+                for index, flux, grads in pool.imap_unordered(_compute_task, tasks):
+                    write_spectra(path, [index], flux[None], grads[None])
+                    summary["computed"] += 1
+                    bar.update(1)
     finally:
         bar.close()
         summary["seconds"] = time.time() - start
