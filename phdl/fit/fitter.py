@@ -85,7 +85,7 @@ class LabelFitter(LightningModule):
         seed: seed of the stochastic stages (CMA-ES, emcee).
         keep_freed_memory: in `setup` (the Trainer's processes), tell glibc to keep freed
             memory for reuse (phdl.malloc): the fit's large per-iteration temporaries are then
-            not page-faulted anew, 2.2x faster on 2 CPU cores. Process-wide; False leaves
+            not page-faulted anew, 2.2-2.7x faster on 2 CPU cores. Process-wide; False leaves
             malloc as it is.
     """
 

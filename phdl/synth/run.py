@@ -249,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             init = (args.inputs, wavelength, resolution, config, threads)
             tasks = [(int(i), labels[i], gradients) for i in todo]
             # multiprocessing.Pool, not ProcessPoolExecutor: leaving it terminates the workers,
-            # so Ctrl-C (or a failure) ends the run at once; an executor would wait for every
-            # queued spectrum first (shutdown cancels only those not yet sent to a worker)
+            # so Ctrl-C (or a failure) ends the run at once; after Ctrl-C the executor kept its
+            # workers computing queued spectra for minutes, and wrote none of them (measured)
             with multiprocessing.Pool(
                 workers, initializer=_init_pool_worker, initargs=init
             ) as pool:
