@@ -91,6 +91,7 @@ def main(argv=None) -> dict:
         "--label-prior", help="JSON, e.g. '{\"*_fe\": [0.0, 0.25]}' (default: none)"
     )
     args = parser.parse_args(argv)
+    args.checkpoint = str(Path(args.checkpoint).resolve())  # phdl predict runs elsewhere
     emulator = load_emulator(args.checkpoint)
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
