@@ -122,7 +122,8 @@ def continuum_opacity(
     edge = 12398.4198 / binding
     sigma_metal = 7.91e-18 * torch.sqrt(13.598434 / binding) * (lam / edge) ** 3 * (lam <= edge)
     weight = g[:, None] * torch.exp(-energy[:, None] / kt_ev)  # (levels, D)
-    metal_bf = sigma_metal @ (metals[index] * weight)
+    population = metals[index] * weight
+    metal_bf = sigma_metal @ population
     absorption = absorption + metal_bf * stim
     lam4 = lam**-4
     rayleigh_h = 5.799e-13 * lam4 + 1.422e-6 * lam4 / lam**2 + 2.784 * lam4 * lam4
@@ -132,7 +133,7 @@ def continuum_opacity(
         return absorption, scattering
     # d / d T: the Boltzmann factors give (E / kT) / T, stim d_stim, T^-1/2 -1 / (2 T)
     d_hbf = sigma @ (levels * boltzmann) / temperature
-    d_metal_bf = sigma_metal @ (metals[index] * weight * energy[:, None] / kt_ev) / temperature
+    d_metal_bf = sigma_metal @ (population * energy[:, None] / kt_ev) / temperature
     d_temperature = (
         sigma_hminus * n_hminus * d_stim
         + (d_ff * temperature + ff) * K_B * ne * n_hi

@@ -128,8 +128,6 @@ def _load_factory(spec: str):
 
 
 def _init_worker(inputs_spec, wavelength, resolution, config, threads) -> None:
-    if multiprocessing.parent_process() is not None:  # a worker: Ctrl-C is the main's to handle
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     keep_freed_memory()  # this process only synthesises (phdl.malloc)
     inputs = _load_factory(inputs_spec)()
@@ -153,7 +151,9 @@ def _compute(index: int, labels: np.ndarray, gradients: bool):
 
 def _init_pool_worker(*init) -> None:
     """_init_worker in a Pool process; its error is raised by the first task instead (a Pool
-    replaces a worker whose initializer fails, again and again, and the run never ends)."""
+    replaces a worker whose initializer fails, again and again, and the run never ends).
+    Ctrl-C is the main process's to handle: it terminates the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _init_worker(*init)
     except Exception as error:
