@@ -158,7 +158,8 @@ def write_and_replay(path: Path, wavelength, shifted, model, rv: float, snr: flo
 def dispersion_table(truth: np.ndarray, fitted: dict, names: list[str]) -> dict:
     """Per label: bias, dispersion (std) of recovered - true, fraction of fits on a bound."""
     table = {}
-    bound = np.asarray(fitted["bound_mask"], dtype=np.int64)
+    from phdl.fit.fitter import FLAG_BITS
+
     for k, name in enumerate(names):
         difference = np.asarray(fitted[name], dtype=float) - truth[:, k]
         ok = np.isfinite(difference)
@@ -166,7 +167,9 @@ def dispersion_table(truth: np.ndarray, fitted: dict, names: list[str]) -> dict:
             "n": int(ok.sum()),
             "bias": float(np.mean(difference[ok])) if ok.any() else float("nan"),
             "dispersion": float(np.std(difference[ok], ddof=1)) if ok.sum() > 1 else float("nan"),
-            "on_bound": float(np.mean((bound >> k) & 1)),
+            "on_bound": float(
+                np.mean(np.asarray(fitted[f"{name}_flag"]) & FLAG_BITS["AT_BOUNDARY"] > 0)
+            ),
         }
     return table
 

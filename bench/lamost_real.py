@@ -144,10 +144,12 @@ def fit_quality(table, labels: list[str], chi2_max: float) -> dict:
     converged = np.asarray(table["converged"], dtype=bool)
     chi2 = np.asarray(table["chi2_red"], dtype=float)
     sensible = fitted & converged & (chi2 < chi2_max)
-    bound = np.asarray(table["bound_mask"], dtype=np.int64)
+    from phdl.fit.fitter import FLAG_BITS
+
+    at_boundary = FLAG_BITS["AT_BOUNDARY"]
     on_bound = {
-        name: int(np.sum(fitted & ((bound >> k) & 1).astype(bool)))
-        for k, name in enumerate(labels)
+        name: int(np.sum(fitted & ((np.asarray(table[f"{name}_flag"]) & at_boundary) != 0)))
+        for name in labels
         if name in MAIN_LABELS
     }
     quantiles = np.nanpercentile(chi2[fitted], [10, 50, 90]) if fitted.any() else [np.nan] * 3
@@ -217,6 +219,8 @@ def compare_reference(table, rows: list[dict[str, str]], name: str, grid: dict, 
 
 def repeat_pulls(table, rows: list[dict[str, str]], labels: list[str], chi2_max: float) -> dict:
     """Pairwise differences between repeat observations of a star, in units of their errors."""
+    from phdl.fit.fitter import FLAG_BITS
+
     group_of = {file_stem(row["combined_file"]): row["GroupID"] for row in rows}
     fitted = ((np.asarray(table["flag"]) & 1) == 0) & np.asarray(table["converged"], bool)
     sensible = fitted & (np.asarray(table["chi2_red"]) < chi2_max)
@@ -230,10 +234,9 @@ def repeat_pulls(table, rows: list[dict[str, str]], labels: list[str], chi2_max:
     both_sensible = (
         sensible[pairs[:, 0]] & sensible[pairs[:, 1]] if pairs.size else np.zeros(0, bool)
     )
-    bound = np.asarray(table["bound_mask"], dtype=np.int64)
     result = {"stars": len(members), "pairs": int(len(pairs)),
               "pairs_sensible": int(both_sensible.sum()), "labels": {}}  # fmt: skip
-    for k, label in enumerate([*labels, "rv"]):
+    for label in [*labels, "rv"]:
         value = np.asarray(table[label], dtype=float)
         error = np.asarray(table[f"{label}_err"], dtype=float)
         if not pairs.size:
@@ -241,9 +244,8 @@ def repeat_pulls(table, rows: list[dict[str, str]], labels: list[str], chi2_max:
         difference = value[pairs[:, 0]] - value[pairs[:, 1]]
         combined = np.hypot(error[pairs[:, 0]], error[pairs[:, 1]])
         pull = difference / combined
-        off_bound = ~(((bound[pairs[:, 0]] >> k) & 1) | ((bound[pairs[:, 1]] >> k) & 1)).astype(
-            bool
-        )
+        bound = (np.asarray(table[f"{label}_flag"]) & FLAG_BITS["AT_BOUNDARY"]) != 0
+        off_bound = ~(bound[pairs[:, 0]] | bound[pairs[:, 1]])
         use = both_sensible & off_bound & np.isfinite(pull)
         result["labels"][label] = {
             "n_pairs": int(use.sum()),

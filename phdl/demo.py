@@ -306,6 +306,7 @@ def recovery(out: Path, catalogues: dict[str, Path]) -> dict:
     """Bias and dispersion of recovered - true labels per emulator, and the one-to-one figure."""
     from astropy.table import Table
 
+    from phdl.fit.fitter import FLAG_BITS
     from phdl.fit.writer import read_table
 
     truth = Table.read(out / "mock_lamost_truth.csv", format="ascii.csv")
@@ -333,12 +334,11 @@ def recovery(out: Path, catalogues: dict[str, Path]) -> dict:
                 "robust_dispersion": float(1.4826 * np.median(np.abs(delta - np.median(delta)))),
             }
         # fraction of the stars in which each label owes more to the prior than to the spectrum
-        prior_mask = np.asarray(fitted[name]["prior_mask"], dtype=np.int64)
-        # prior_mask bit k is the label the catalogue header's MASKk card names
-        bits = [catalogue.meta[f"MASK{k}"] for k in range(64) if f"MASK{k}" in catalogue.meta]
-        for bit, label in enumerate(bits):
-            if label in stats:
-                stats[label]["prior_dominated"] = float(np.mean((prior_mask >> bit) & 1))
+        for label in stats:
+            if f"{label}_flag" in catalogue.colnames:
+                label_flag = np.asarray(fitted[name][f"{label}_flag"], dtype=np.int64)
+                held = (label_flag & FLAG_BITS["PRIOR_DOMINATED"]) != 0
+                stats[label]["prior_dominated"] = float(np.mean(held))
         flags = (
             np.asarray(fitted[name]["flag"])
             if "flag" in catalogue.colnames

@@ -97,13 +97,20 @@ def test_fisher_errors_agree_with_scatter_of_noise_draws(emulator):
 
 
 def test_labels_outside_the_grid_stop_on_the_bound_and_are_flagged(emulator):
-    labels = random_labels(emulator, 2, seed=6)
+    """An abundance on its bound flags that abundance; a stellar parameter flags the star."""
+    labels = random_labels(emulator, 3, seed=6)
     k = FEW_LABELS.index("mg_fe")
     labels[0, k] = 0.55  # the grid ends at +0.4
-    _, result = _fit(emulator, labels, snr=200.0, rv=np.zeros(2))
+    edge = emulator.unscale(torch.full((1, len(FEW_LABELS)), 0.5)).numpy()[0]  # grid maximum
+    labels[1, 0] = edge[0] + 100.0  # Teff beyond the grid's hot end
+    _, result = _fit(emulator, labels, snr=200.0, rv=np.zeros(3))
     assert result["mg_fe"][0] == pytest.approx(0.4, abs=1e-3)
-    assert result["flag"][0] & FLAG_BITS["AT_BOUNDARY"] and result["bound_mask"][0] == 1 << k
-    assert not result["flag"][1] & FLAG_BITS["AT_BOUNDARY"]
+    assert result["mg_fe_flag"][0] == FLAG_BITS["AT_BOUNDARY"]
+    assert not result["flag"][0] & FLAG_BITS["AT_BOUNDARY"]  # the star is still well fitted
+    assert result["teff"][1] == pytest.approx(edge[0], rel=1e-4)
+    assert result["flag"][1] & FLAG_BITS["AT_BOUNDARY"] and result["teff_flag"][1]
+    assert not result["flag"][2] & FLAG_BITS["AT_BOUNDARY"]
+    assert all(result[f"{name}_flag"][2] == 0 for name in FEW_LABELS)
 
 
 def test_subset_of_labels_without_rv_and_cmaes_stage(emulator):
@@ -235,12 +242,12 @@ def test_label_prior_holds_an_unconstrained_label_and_says_so(lineless_emulator)
     assert np.all(free["flag"] & FLAG_BITS["SINGULAR_FISHER"])  # maximum likelihood: no [Eu/Fe]
     fitter = LabelFitter.from_emulator(emulator, label_prior={"eu_fe": [0.1, 0.2]})
     result = fitter.fit(flux, ivar, ids)
-    eu = len(FEW_LABELS)
     # no information: the posterior is the prior, and the catalogue says so
     assert np.allclose(result["eu_fe"], 0.1, atol=1e-4)
     assert np.allclose(result["eu_fe_err"], 0.2, rtol=1e-3)
-    assert np.all(result["prior_mask"] == 1 << eu)
-    assert np.all(result["flag"] == FLAG_BITS["PRIOR_DOMINATED"])
+    assert np.all(result["eu_fe_flag"] == FLAG_BITS["PRIOR_DOMINATED"])
+    assert all(np.all(result[f"{name}_flag"] == 0) for name in FEW_LABELS)
+    assert np.all(result["flag"] == 0)  # an unmeasured abundance does not flag the star
     # the other labels and the spectrum's own chi2 are those of a fit without [Eu/Fe]
     held = LabelFitter.from_emulator(emulator, fit_labels=list(FEW_LABELS)).fit(flux, ivar, ids)
     for name in FEW_LABELS:
@@ -252,12 +259,11 @@ def test_label_prior_holds_an_unconstrained_label_and_says_so(lineless_emulator)
 def test_label_prior_combines_with_the_likelihood_as_gaussians_do(emulator):
     """Posterior = likelihood x prior for Gaussians (linear regime: per star, prior centred one
     likelihood error away): 1/err^2 adds up, the label moves by the inverse-variance weight,
-    and prior_mask marks the label once the prior holds more information than the spectrum."""
+    and <label>_flag marks the label PRIOR_DOMINATED once the prior holds more information than the spectrum."""
     labels = random_labels(emulator, 3, seed=32)
     flux, ivar = observe(emulator, labels, snr=30.0, rv=np.zeros(3), seed=33)
     flux, ivar = torch.tensor(flux), torch.tensor(ivar)
     free = LabelFitter.from_emulator(emulator, fit_rv=False).fit(flux, ivar, list("abc"))
-    k = FEW_LABELS.index("mg_fe")
     for star in range(3):
         value, sigma = float(free["mg_fe"][star]), float(free["mg_fe_err"][star])
         for width in (2.0, 0.5):  # prior sigma in units of the likelihood error
@@ -270,7 +276,8 @@ def test_label_prior_combines_with_the_likelihood_as_gaussians_do(emulator):
             assert result["mg_fe_err"][0] == pytest.approx(posterior, rel=0.03)
             moved = value + sigma * weight / (1 + weight)
             assert result["mg_fe"][0] == pytest.approx(moved, abs=0.1 * posterior)
-            assert result["prior_mask"][0] == (1 << k if width < 1 else 0)
+            prior_held = FLAG_BITS["PRIOR_DOMINATED"] if width < 1 else 0
+            assert result["mg_fe_flag"][0] == prior_held
 
 
 def test_joint_fit_counts_the_label_prior_once_per_star(lineless_emulator):

@@ -135,7 +135,8 @@ def test_single_device_predict_writes_one_flagged_row_per_spectrum(single, input
     assert units["teff"] == "K" and units["fe_h_err"] == "dex" and units["rv"] == "km s-1"
     assert header["FLAG1"] == "BAD_INPUT" and header["NLABELS"] == 8
     fitted = [c[: -len("_err")] for c in table.colnames if c.endswith("_err")]
-    assert [header[f"MASK{k}"] for k in range(len(fitted))] == fitted  # bound/prior_mask bits
+    assert len(fitted) == 9 and all(f"{name}_flag" in table.colnames for name in fitted)
+    assert header["FLAG16"] == "PRIOR_DOMINATED"
     rejects = read_table(str(single).replace(".fits", "_rejects.csv"))
     assert list(rejects["index"]) == sorted(bad)
     assert all(bad[i] in reason for i, reason in zip(rejects["index"], rejects["reason"]))

@@ -24,26 +24,25 @@ import torch
 from lightning.pytorch import LightningModule
 
 from phdl.fit.model import RV_SCALE, SpectrumModel, fisher_covariance, physical_errors
-from phdl.labels import label_unit
+from phdl.labels import is_abundance, label_unit
 from phdl.malloc import keep_freed_memory
 from phdl.models.base import SpectrumEmulator
 
-#: Bits of the catalogue's `flag` column.
+#: Bits of the catalogue's `flag` column (the star) and of every `<label>_flag` column (that
+#: label). The star's AT_BOUNDARY and PRIOR_DOMINATED concern its stellar parameters (Teff, log g,
+#: vmic, [Fe/H], RV, broadening): a weak [X/Fe] on its bound or held by the label prior is
+#: normal at low resolution and is marked in that abundance's own column only, so that
+#: `flag == 0` selects well-fitted stars and `mg_fe_flag == 0` measured [Mg/Fe] among them.
 FLAG_BITS: dict[str, int] = {
     "BAD_INPUT": 1,  # not fitted: see flag_reason
     "NOT_CONVERGED": 2,  # Levenberg-Marquardt hit max_iter
-    "AT_BOUNDARY": 4,  # a label or the RV ended on its bound (see bound_mask)
-    "SINGULAR_FISHER": 8,  # a label is unconstrained: its error is unreliable
-    "PRIOR_DOMINATED": 16,  # a label owes more to its prior than to the spectrum (see prior_mask)
+    "AT_BOUNDARY": 4,  # the label (star: a stellar parameter) ended on its bound
+    "SINGULAR_FISHER": 8,  # some label is unconstrained: the errors are unreliable
+    "PRIOR_DOMINATED": 16,  # the label (star: a stellar parameter) owes more to its prior
 }
 
 #: Distance to a bound [scaled units] below which a parameter counts as on it.
 BOUND_TOLERANCE = 1e-3
-
-
-def _bitmask(flags: np.ndarray) -> np.ndarray:
-    """(B, N) booleans -> (B,) int64 with bit k set where column k is True (bound_mask etc.)."""
-    return (flags * (2 ** np.arange(flags.shape[1]))).sum(1).astype(np.int64)
 
 
 class LabelFitter(LightningModule):
@@ -62,8 +61,9 @@ class LabelFitter(LightningModule):
         label_margin: allowed extrapolation beyond the training grid [scaled units, grid = 1].
         label_prior: Gaussian label prior {label or shell pattern: [mean, sigma]} in physical
             units, e.g. {"*_fe": [0.0, 0.25]}: maximum a posteriori labels, posterior errors, and
-            `prior_mask` bit k set where label k's posterior error exceeds sigma / sqrt(2) (the
-            spectrum holds less information on it than the prior). None: maximum likelihood.
+            the PRIOR_DOMINATED bit of `<label>_flag` set where the label's posterior error
+            exceeds sigma / sqrt(2) (the spectrum holds less information on it than the prior).
+            None: maximum likelihood.
         emulator_error: add the emulator's own per-pixel error (stored in checkpoints trained
             by this version: rms residual of the validation spectra) to each spectrum's noise,
             so pixels the emulator gets wrong weigh less and errors include it. No effect for
@@ -206,13 +206,10 @@ class LabelFitter(LightningModule):
         }
         for name, bit in FLAG_BITS.items():
             cards[f"FLAG{bit}"] = name
-        # bit k of bound_mask / prior_mask: the fitted labels, then rv and broadening_sq
-        for bit, name in enumerate(self.mask_bit_names()):
-            cards[f"MASK{bit}"] = name
         return cards
 
-    def mask_bit_names(self) -> list[str]:
-        """What bit k of `bound_mask` (and, for the labels, `prior_mask`) stands for."""
+    def parameter_names(self) -> list[str]:
+        """Names of the fitted parameters in order: the labels, then rv and broadening_sq."""
         h = self.hparams
         names = [*self.spectrum_model.fit_labels] + (["rv"] if h.fit_rv else [])
         return names + (["broadening_sq"] if h.fit_broadening else [])
@@ -301,11 +298,20 @@ class LabelFitter(LightningModule):
         for k, name in enumerate(model.fit_labels):
             columns[name][rows] = physical[:, k]
             columns[f"{name}_err"][rows] = label_errors[:, k]
+            columns[f"{name}_flag"][rows] = np.where(
+                at_bound[:, k], FLAG_BITS["AT_BOUNDARY"], 0
+            ) | np.where(prior_dominated[:, k], FLAG_BITS["PRIOR_DOMINATED"], 0)
         columns["rv"][rows] = model.velocity(result.theta).cpu().numpy()
         columns["rv_err"][rows] = rv_errors
+        extra = n_labels
+        if self.hparams.fit_rv:
+            columns["rv_flag"][rows] = np.where(at_bound[:, extra], FLAG_BITS["AT_BOUNDARY"], 0)
+            extra += 1
         if model.fit_broadening:
             columns["broadening"][rows] = model.broadening(result.theta).cpu().numpy()
             columns["broadening_err"][rows] = broadening_errors
+            on_bound = at_bound[:, extra]
+            columns["broadening_flag"][rows] = np.where(on_bound, FLAG_BITS["AT_BOUNDARY"], 0)
         # the catalogue's chi2 is the spectrum's alone; the optimiser's included the prior
         chi2 = (result.chi2 - model.prior_chi2(result.theta)).cpu().numpy()
         dof = np.maximum(columns["n_pixels"][rows] - model.n_params - model.basis.shape[1], 1)
@@ -313,13 +319,18 @@ class LabelFitter(LightningModule):
         columns["chi2_red"][rows] = chi2 / dof
         columns["n_iter"][rows] = result.n_iter.cpu().numpy()
         columns["converged"][rows] = result.converged.cpu().numpy()
-        columns["bound_mask"][rows] = _bitmask(at_bound)
-        columns["prior_mask"][rows] = _bitmask(prior_dominated)
+        # the star's flag: its stellar parameters (labels, then RV and broadening^2, in theta order)
+        stellar = np.array(
+            [not is_abundance(name) for name in model.fit_labels]
+            + [True] * (at_bound.shape[1] - n_labels)
+        )
         flag = np.zeros(rows.size, dtype=np.int32)
         flag |= np.where(result.converged.cpu().numpy(), 0, FLAG_BITS["NOT_CONVERGED"])
-        flag |= np.where(at_bound.any(1), FLAG_BITS["AT_BOUNDARY"], 0)
+        flag |= np.where(at_bound[:, stellar].any(1), FLAG_BITS["AT_BOUNDARY"], 0)
         flag |= np.where(singular.cpu().numpy(), FLAG_BITS["SINGULAR_FISHER"], 0)
-        flag |= np.where(prior_dominated.any(1), FLAG_BITS["PRIOR_DOMINATED"], 0)
+        flag |= np.where(
+            prior_dominated[:, stellar[:n_labels]].any(1), FLAG_BITS["PRIOR_DOMINATED"], 0
+        )
         columns["flag"][rows] = flag
         if h.return_model or h.mcmc_ids:
             final = model.evaluate(result.theta, base, flux, ivar)
@@ -344,7 +355,7 @@ class LabelFitter(LightningModule):
                 self.spectrum_model, flux[k], ivar[k], theta[k], base[k], h.mcmc_walkers,
                 h.mcmc_steps, scale, h.seed,
             )  # fmt: skip
-            names = self.mask_bit_names()
+            names = self.parameter_names()
             safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in ids[row])
             path = os.path.join(h.mcmc_dir, f"{safe}.npz")
             temporary = path + f".tmp{os.getpid()}.npz"
@@ -361,11 +372,18 @@ class LabelFitter(LightningModule):
         for name in model.fit_labels:
             columns[name] = np.full(b, np.nan)
             columns[f"{name}_err"] = np.full(b, np.nan)
+        for name in model.fit_labels:
+            columns[f"{name}_flag"] = np.zeros(b, dtype=np.int16)
         columns.update(
             rv=np.full(b, np.nan),
             rv_err=np.full(b, np.nan),
+            rv_flag=np.zeros(b, dtype=np.int16),
             **(
-                {"broadening": np.full(b, np.nan), "broadening_err": np.full(b, np.nan)}
+                {
+                    "broadening": np.full(b, np.nan),
+                    "broadening_err": np.full(b, np.nan),
+                    "broadening_flag": np.zeros(b, dtype=np.int16),
+                }
                 if self.hparams.fit_broadening
                 else {}
             ),
@@ -376,8 +394,6 @@ class LabelFitter(LightningModule):
             converged=np.zeros(b, dtype=bool),
             n_iter=np.zeros(b, dtype=np.int16),
             flag=np.zeros(b, dtype=np.int32),
-            bound_mask=np.zeros(b, dtype=np.int64),
-            prior_mask=np.zeros(b, dtype=np.int64),
             flag_reason=np.array([r or "" for r in reason], dtype=str),
         )
         if self.hparams.return_model:
