@@ -157,9 +157,9 @@ def write_and_replay(path: Path, wavelength, shifted, model, rv: float, snr: flo
 
 def dispersion_table(truth: np.ndarray, fitted: dict, names: list[str]) -> dict:
     """Per label: bias, dispersion (std) of recovered - true, fraction of fits on a bound."""
-    table = {}
     from phdl.fit.fitter import FLAG_BITS
 
+    table = {}
     for k, name in enumerate(names):
         difference = np.asarray(fitted[name], dtype=float) - truth[:, k]
         ok = np.isfinite(difference)
@@ -293,7 +293,8 @@ def main(args: list[str] | None = None) -> dict:
         order = np.array([row[i] for i in ids])
         files = {name: np.asarray(table[name], dtype=float)[order] for name in [*names, "rv"]}
         files["converged"] = np.asarray(table["converged"], bool)[order]
-        files["bound_mask"] = np.asarray(table["bound_mask"], np.int64)[order]
+        for name in [*names, "rv"]:
+            files[f"{name}_flag"] = np.asarray(table[f"{name}_flag"])[order]
 
         truth = np.column_stack([labels, rv])
         label_names = [*names, "rv"]

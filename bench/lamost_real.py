@@ -432,7 +432,7 @@ def main(args: list[str] | None = None) -> dict:
     checkpoint = Path(options.checkpoint).resolve()
     torch.set_num_threads(options.threads)
     emulator = load_emulator(str(checkpoint))
-    labels = list(options.fit_labels or emulator.label_names)  # catalogue order = bound_mask bits
+    labels = list(options.fit_labels or emulator.label_names)  # catalogue order
     scaling = emulator.label_scaling
     grid = {
         name: (float(scaling.minimum[k]), float(scaling.maximum[k]))
