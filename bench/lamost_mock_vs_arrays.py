@@ -168,7 +168,7 @@ def dispersion_table(truth: np.ndarray, fitted: dict, names: list[str]) -> dict:
             "bias": float(np.mean(difference[ok])) if ok.any() else float("nan"),
             "dispersion": float(np.std(difference[ok], ddof=1)) if ok.sum() > 1 else float("nan"),
             "on_bound": float(
-                np.mean(np.asarray(fitted[f"{name}_flag"]) & FLAG_BITS["AT_BOUNDARY"] > 0)
+                np.mean((np.asarray(fitted[f"{name}_flag"]) & FLAG_BITS["AT_BOUNDARY"]) != 0)
             ),
         }
     return table

@@ -259,7 +259,8 @@ def test_label_prior_holds_an_unconstrained_label_and_says_so(lineless_emulator)
 def test_label_prior_combines_with_the_likelihood_as_gaussians_do(emulator):
     """Posterior = likelihood x prior for Gaussians (linear regime: per star, prior centred one
     likelihood error away): 1/err^2 adds up, the label moves by the inverse-variance weight,
-    and <label>_flag marks the label PRIOR_DOMINATED once the prior holds more information than the spectrum."""
+    and <label>_flag marks the label PRIOR_DOMINATED once the prior holds more information than
+    the spectrum."""
     labels = random_labels(emulator, 3, seed=32)
     flux, ivar = observe(emulator, labels, snr=30.0, rv=np.zeros(3), seed=33)
     flux, ivar = torch.tensor(flux), torch.tensor(ivar)

@@ -298,20 +298,18 @@ class LabelFitter(LightningModule):
         for k, name in enumerate(model.fit_labels):
             columns[name][rows] = physical[:, k]
             columns[f"{name}_err"][rows] = label_errors[:, k]
-            columns[f"{name}_flag"][rows] = np.where(
-                at_bound[:, k], FLAG_BITS["AT_BOUNDARY"], 0
-            ) | np.where(prior_dominated[:, k], FLAG_BITS["PRIOR_DOMINATED"], 0)
         columns["rv"][rows] = model.velocity(result.theta).cpu().numpy()
         columns["rv_err"][rows] = rv_errors
-        extra = n_labels
-        if self.hparams.fit_rv:
-            columns["rv_flag"][rows] = np.where(at_bound[:, extra], FLAG_BITS["AT_BOUNDARY"], 0)
-            extra += 1
         if model.fit_broadening:
             columns["broadening"][rows] = model.broadening(result.theta).cpu().numpy()
             columns["broadening_err"][rows] = broadening_errors
-            on_bound = at_bound[:, extra]
-            columns["broadening_flag"][rows] = np.where(on_bound, FLAG_BITS["AT_BOUNDARY"], 0)
+        # one flag per fitted parameter, in theta order (parameter_names)
+        names = self.parameter_names()
+        parameter_flag = np.where(at_bound, FLAG_BITS["AT_BOUNDARY"], 0).astype(np.int16)
+        parameter_flag[:, :n_labels] |= np.where(prior_dominated, FLAG_BITS["PRIOR_DOMINATED"], 0)
+        for k, name in enumerate(names):
+            column = "broadening" if name == "broadening_sq" else name  # fitted as its square
+            columns[f"{column}_flag"][rows] = parameter_flag[:, k]
         # the catalogue's chi2 is the spectrum's alone; the optimiser's included the prior
         chi2 = (result.chi2 - model.prior_chi2(result.theta)).cpu().numpy()
         dof = np.maximum(columns["n_pixels"][rows] - model.n_params - model.basis.shape[1], 1)
@@ -319,18 +317,11 @@ class LabelFitter(LightningModule):
         columns["chi2_red"][rows] = chi2 / dof
         columns["n_iter"][rows] = result.n_iter.cpu().numpy()
         columns["converged"][rows] = result.converged.cpu().numpy()
-        # the star's flag: its stellar parameters (labels, then RV and broadening^2, in theta order)
-        stellar = np.array(
-            [not is_abundance(name) for name in model.fit_labels]
-            + [True] * (at_bound.shape[1] - n_labels)
-        )
-        flag = np.zeros(rows.size, dtype=np.int32)
+        # the star's flag: those of its stellar parameters (not of its [X/Fe]) and of the fit
+        stellar = np.array([not is_abundance(name) for name in names], dtype=bool)
+        flag = np.bitwise_or.reduce(parameter_flag[:, stellar], axis=1).astype(np.int32)
         flag |= np.where(result.converged.cpu().numpy(), 0, FLAG_BITS["NOT_CONVERGED"])
-        flag |= np.where(at_bound[:, stellar].any(1), FLAG_BITS["AT_BOUNDARY"], 0)
         flag |= np.where(singular.cpu().numpy(), FLAG_BITS["SINGULAR_FISHER"], 0)
-        flag |= np.where(
-            prior_dominated[:, stellar[:n_labels]].any(1), FLAG_BITS["PRIOR_DOMINATED"], 0
-        )
         columns["flag"][rows] = flag
         if h.return_model or h.mcmc_ids:
             final = model.evaluate(result.theta, base, flux, ivar)
